@@ -1,0 +1,5 @@
+import sys
+
+from regionprompt.cli import main
+
+sys.exit(main())

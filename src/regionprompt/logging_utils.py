@@ -1,0 +1,42 @@
+"""Logging and progress bars shared by the CLI and long-running jobs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+LOGGER_NAME = "regionprompt"
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    """Return the package logger or one of its children (``regionprompt.<name>``)."""
+    return logging.getLogger(LOGGER_NAME if not name else f"{LOGGER_NAME}.{name}")
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """Send package logs to stderr; ``verbosity`` 0 = INFO, >=1 = DEBUG, <0 = WARNING."""
+    level = logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """Wrap ``iterable`` in a progress bar on stderr.
+
+    The bar is hidden when ``REGIONPROMPT_NO_PROGRESS=1`` (tests, CI logs) or stderr is not a terminal
+    and the run is short; tqdm decides the latter.
+    """
+    disable = os.environ.get("REGIONPROMPT_NO_PROGRESS") == "1"
+    return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True, leave=False))

@@ -1,0 +1,155 @@
+"""Detection results: a typed container per image.
+
+Boxes are ``(N, 4)`` xyxy in absolute pixels of the searched image; ``labels[i]`` indexes
+``names`` (and ``prompts`` when the detections came from prompts). Indexing with a mask, an index
+tensor or a slice returns a new :class:`Detections` (detectron2's ``Instances`` habit).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torchvision.ops import batched_nms, nms
+
+from regionprompt.boxes import BoxFormat, as_box_tensor, convert_boxes
+from regionprompt.errors import RegionPromptError
+from regionprompt.prompts import PromptCategory
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections on one image.
+
+    Attributes:
+        boxes: ``(N, 4)`` float32, xyxy, absolute pixels.
+        scores: ``(N,)`` float32 confidences in ``[0, 1]``.
+        labels: ``(N,)`` int64 indices into ``names``.
+        names: the vocabulary (one name per prompt category).
+        image_wh: ``(width, height)`` of the searched image.
+        prompts: optional prompt categories parallel to ``names``: what each label was asked with.
+        image_name: where the image came from (path or description).
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    names: tuple[str, ...]
+    image_wh: tuple[int, int]
+    prompts: tuple[PromptCategory, ...] | None = None
+    image_name: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        boxes = as_box_tensor(self.boxes, what="detection boxes")
+        scores = torch.as_tensor(self.scores, dtype=torch.float32).reshape(-1)
+        labels = torch.as_tensor(self.labels, dtype=torch.int64).reshape(-1)
+        if not (len(boxes) == len(scores) == len(labels)):
+            raise RegionPromptError(
+                f"detections need as many boxes, scores and labels; got {len(boxes)}, {len(scores)}, {len(labels)}"
+            )
+        names = tuple(self.names)
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
+            raise RegionPromptError(f"detection labels must index the {len(names)} names")
+        if self.prompts is not None and len(self.prompts) != len(names):
+            raise RegionPromptError("prompts must be parallel to names")
+        object.__setattr__(self, "boxes", boxes)
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "image_wh", (int(self.image_wh[0]), int(self.image_wh[1])))
+
+    @classmethod
+    def empty(cls, names: Sequence[str], image_wh: tuple[int, int], **kwargs: Any) -> Detections:
+        return cls(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), tuple(names), image_wh, **kwargs)
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def __getitem__(self, index: Any) -> Detections:
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        return Detections(
+            self.boxes[index].reshape(-1, 4),
+            self.scores[index].reshape(-1),
+            self.labels[index].reshape(-1),
+            self.names,
+            self.image_wh,
+            self.prompts,
+            self.image_name,
+            self.extra,
+        )
+
+    @property
+    def label_names(self) -> list[str]:
+        """The name of each detection, ``(N,)``."""
+        return [self.names[i] for i in self.labels.tolist()]
+
+    def filter(self, threshold: float) -> Detections:
+        """Keep detections with ``score >= threshold``."""
+        return self[self.scores >= threshold]
+
+    def nms(self, iou_threshold: float = 0.5, *, per_class: bool = True) -> Detections:
+        """Non-maximum suppression (per class by default); result sorted by descending score."""
+        if per_class:
+            keep = batched_nms(self.boxes, self.scores, self.labels, iou_threshold)
+        else:
+            keep = nms(self.boxes, self.scores, iou_threshold)
+        return self[keep]
+
+    def topk(self, k: int) -> Detections:
+        """The ``k`` highest-scoring detections, sorted."""
+        order = torch.argsort(self.scores, descending=True, stable=True)[:k]
+        return self[order]
+
+    def to_coco(self, image_id: int | str, category_ids: Sequence[int] | Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+        """COCO result dicts (``bbox`` xywh absolute pixels).
+
+        Args:
+            image_id: the COCO image id.
+            category_ids: COCO category id per label index (a sequence parallel to ``names``) or per
+                name (a mapping). Default: ``label + 1``.
+        """
+        xywh = convert_boxes(self.boxes, BoxFormat.XYXY, BoxFormat.XYWH)
+        results = []
+        for box, score, label in zip(xywh.tolist(), self.scores.tolist(), self.labels.tolist()):
+            if category_ids is None:
+                category = label + 1
+            elif isinstance(category_ids, Mapping):
+                name = self.names[label]
+                if name not in category_ids:
+                    raise RegionPromptError(f"no COCO category id for detected name {name!r}")
+                category = int(category_ids[name])
+            else:
+                category = int(category_ids[label])
+            results.append(
+                {"image_id": image_id, "category_id": category, "bbox": [round(v, 2) for v in box], "score": round(score, 5)}
+            )
+        return results
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict: image info, vocabulary, and one entry per detection."""
+        return {
+            "image": self.image_name,
+            "width": self.image_wh[0],
+            "height": self.image_wh[1],
+            "names": list(self.names),
+            "prompts": [p.describe() for p in self.prompts] if self.prompts is not None else None,
+            "detections": [
+                {"box": [round(v, 2) for v in box], "score": round(score, 5), "label": label, "name": self.names[label]}
+                for box, score, label in zip(self.boxes.tolist(), self.scores.tolist(), self.labels.tolist())
+            ],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def plot(self, image: Image.Image, **kwargs: Any) -> Image.Image:
+        """A copy of ``image`` with boxes, names and scores drawn (see :func:`regionprompt.draw.draw_boxes`)."""
+        from regionprompt.draw import draw_boxes
+
+        return draw_boxes(image, self.boxes, self.label_names, self.scores, label_ids=self.labels.tolist(), **kwargs)
