@@ -1,0 +1,1 @@
+"""Training: loops, schedules and resumable checkpoints. The core library never imports this package."""
