@@ -18,7 +18,10 @@ from regionprompt.logging_utils import configure_logging, get_logger
 
 # Order = order in `regionprompt --help`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "dataset",
+    "world",
     "evaluate",
+    "concepts",
 )
 
 
