@@ -40,3 +40,9 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit
     """
     disable = os.environ.get("REGIONPROMPT_NO_PROGRESS") == "1"
     return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True, leave=False))
+
+
+def progress_bar(*, desc: str, total: int | None, initial: int = 0, unit: str = "it") -> tqdm:
+    """A manually driven progress bar (``update``, ``set_postfix``) with the same switches as :func:`progress`."""
+    disable = os.environ.get("REGIONPROMPT_NO_PROGRESS") == "1"
+    return tqdm(desc=desc, total=total, initial=initial, unit=unit, disable=disable, dynamic_ncols=True)

@@ -18,6 +18,7 @@ from regionprompt.logging_utils import configure_logging, get_logger
 
 # Order = order in `regionprompt --help`.
 COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
     "dataset",
     "world",
     "evaluate",
