@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from regionprompt.train.checkpointing import CheckpointError
+from regionprompt.errors import CheckpointError
 from regionprompt.train.loop import CHECKPOINT_FILE, LOG_FILE, run_loop
 
 

@@ -29,3 +29,7 @@ class PromptError(RegionPromptError, ValueError):
 
 class EvaluationError(RegionPromptError):
     """Ground truth and predictions cannot be evaluated together."""
+
+
+class CheckpointError(RegionPromptError):
+    """A weights file is unreadable, truncated, not a checkpoint, or does not match the expected architecture."""

@@ -22,7 +22,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dataset",
     "world",
     "evaluate",
+    "eval_teacher",
     "concepts",
+    "train",
 )
 
 

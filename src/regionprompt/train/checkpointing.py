@@ -18,11 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from regionprompt.errors import RegionPromptError
-
-
-class CheckpointError(RegionPromptError):
-    """A training checkpoint is missing, unreadable or belongs to another run."""
+from regionprompt.errors import CheckpointError
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from regionprompt.errors import CheckpointError
 from regionprompt.logging_utils import get_logger, progress_bar
 from regionprompt.train.checkpointing import TrainState, capture_rng, load_train_state, restore_rng, save_train_state
 
@@ -72,8 +73,6 @@ def run_loop(
     if ckpt_path.exists():
         state = load_train_state(ckpt_path)
         if state.extra.get("run_info", info) != info:
-            from regionprompt.train.checkpointing import CheckpointError
-
             raise CheckpointError(
                 f"{ckpt_path} belongs to a run with different settings; use another --out or delete it\n"
                 f"  checkpoint: {state.extra.get('run_info')}\n  now:        {info}"

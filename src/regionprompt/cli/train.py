@@ -1,0 +1,59 @@
+"""``regionprompt train ...``: training commands (each resumable: rerun the same command after an interruption)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One ``--flag`` per field of a frozen config dataclass, defaults and comments from the class."""
+    defaults = config_cls()
+    for field in dataclasses.fields(config_cls):
+        default = getattr(defaults, field.name)
+        kind = {int: int, float: float, str: str}.get(type(default), str)
+        if field.name == "image_size":
+            kind = int
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}", type=kind, default=default, dest=field.name,
+            help=f"(default: {default})",
+        )
+
+
+def _config_from_args(args: argparse.Namespace, config_cls: type):
+    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
+
+
+def _train_clip(args: argparse.Namespace) -> int:
+    import torch
+
+    from regionprompt.train.clip_pretrain import ClipPretrainConfig, train_clip
+
+    torch.set_num_threads(args.threads)
+    config = _config_from_args(args, ClipPretrainConfig)
+    result = train_clip(config, args.out, cache_dir=args.cache, workers=args.workers)
+    print(f"trained {result.step} steps ({'finished' if result.finished else 'stopped'}) in {result.seconds:.0f} s; "
+          f"last loss {result.metrics.get('loss', float('nan')):.4f}; model: {args.out / 'model'}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train models (CLIP teacher, ...)", description=__doc__)
+    commands = parser.add_subparsers(dest="train_command", metavar="MODEL", required=True)
+
+    from regionprompt.train.clip_pretrain import ClipPretrainConfig
+
+    clip = commands.add_parser(
+        "clip",
+        help="CLIP pretraining of the teacher on EmojiWorld image-caption pairs",
+        description="Contrastive image-caption pretraining (symmetric InfoNCE, learnable temperature, AdamW, "
+        "warm-up + cosine, gradient clipping). Checkpoints every --checkpoint-every steps into --out; rerun the "
+        "same command to resume. The final model is written to OUT/model (safetensors + card.json).",
+    )
+    clip.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, log, final model)")
+    clip.add_argument("--cache", type=Path, default=None, help="pre-rendered scene cache folder (default OUT/scene_cache)")
+    clip.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    clip.add_argument("--workers", type=int, default=2, help="processes rendering the scene cache (default 2)")
+    _add_config_options(clip, ClipPretrainConfig)
+    clip.set_defaults(func=_train_clip)
