@@ -128,11 +128,12 @@ def region_embeddings(model: RegionPromptCLIP, image: Image.Image, boxes: torch.
 def region_classification(model: RegionPromptCLIP, gt_path: str | Path, *, method: str = "roi",
                           templates: str = "emoji", input_size: int | None = None, top_k: int = 5,
                           temperature: float = 0.01, cache: EmbeddingCache | None = None,
-                          max_images: int | None = None) -> EvalReport:
+                          max_images: int | None = None, prompt_names: dict[int, str] | None = None) -> EvalReport:
     """Classify every ground-truth box of a COCO set (an EmojiWorld build) against all its categories.
 
     Each box becomes ``top_k`` predictions (its best classes, softmax at ``temperature``), scored as
     detections; AP50 then measures recognition alone, since localisation is perfect by construction.
+    ``prompt_names`` replaces the text prompt of some category ids (e.g. by a synonym).
     """
     gt_path = Path(gt_path)
     gt = json.loads(gt_path.read_text())
@@ -140,7 +141,8 @@ def region_classification(model: RegionPromptCLIP, gt_path: str | Path, *, metho
     keep = {im["id"] for im in images}
     gt = {**gt, "images": images, "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
     categories = sorted(gt["categories"], key=lambda c: c["id"])
-    text = class_embeddings(model, [c["name"] for c in categories], templates, cache)
+    prompt_names = prompt_names or {}
+    text = class_embeddings(model, [prompt_names.get(c["id"], c["name"]) for c in categories], templates, cache)
     category_ids = torch.tensor([c["id"] for c in categories])
     input_size = input_size or model.card.vision.image_size
     by_image: dict[int, list[dict[str, Any]]] = {}
@@ -162,9 +164,48 @@ def region_classification(model: RegionPromptCLIP, gt_path: str | Path, *, metho
     return evaluate_detections(gt, predictions)
 
 
+def _phrase_key(text: str) -> str:
+    import re
+
+    return " " + re.sub(r"[^a-z0-9]+", " ", re.sub(r"\(.*?\)", " ", text.lower().replace("_", " "))).strip() + " "
+
+
+def held_out_synonyms(captions: Sequence[str], concepts: Sequence[Any], lvis_categories: Sequence[dict] = ()) -> dict[int, str]:
+    """Per concept id, one synonym that occurs in none of ``captions`` (whole-phrase match).
+
+    Candidates are the concept's own synonyms, then the synonyms of the LVIS category (real data,
+    ``lvis_v1_train_cat_info.json``) that shares a name with it ("backpack" -> "rucksack", "doughnut"
+    -> "donut"). Words the model never saw next to the object measure whether its text side
+    generalises: a frozen real language model can; a text tower trained only on these captions cannot.
+    Names of other concepts are never used.
+    """
+    corpus = "\n".join(_phrase_key(c) for c in captions)
+    names = {_phrase_key(n): c.id for c in concepts for n in c.names}
+    lvis_synonyms: dict[int, list[str]] = {}
+    for category in lvis_categories:
+        options = [category["name"], *category.get("synonyms", [])]
+        owner = next((names[_phrase_key(o)] for o in options if _phrase_key(o) in names), None)
+        if owner is not None:
+            lvis_synonyms.setdefault(owner, []).extend(o.replace("_", " ") for o in options)
+    out = {}
+    for concept in concepts:
+        for candidate in (*concept.synonyms, *lvis_synonyms.get(concept.id, [])):
+            key = _phrase_key(candidate)
+            if len(key.strip()) > 2 and key not in corpus and names.get(key, concept.id) == concept.id and key != _phrase_key(concept.name):
+                out[concept.id] = key.strip()
+                break
+    return out
+
+
+def _mean_ap50(report: EvalReport, ids: set[int]) -> float:
+    values = [c.ap50 for c in report.categories if c.id in ids and c.ap50 is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def evaluate_teacher(model: RegionPromptCLIP, *, test_gt: str | Path, val_dir: str | Path, val_images: int = 500,
                      templates: str = "emoji", input_size: int | None = None, world_seed: int = 0,
-                     cache: EmbeddingCache | None = None) -> dict[str, Any]:
+                     cache: EmbeddingCache | None = None, pretrain_captions: Sequence[str] | None = None,
+                     lvis_categories: Sequence[dict] = ()) -> dict[str, Any]:
     """All zero-shot numbers of a teacher, as a JSON-able dict.
 
     Retrieval and multi-label AP use ``val_images`` EmojiWorld ``val`` scenes (held out from
@@ -205,6 +246,17 @@ def evaluate_teacher(model: RegionPromptCLIP, *, test_gt: str | Path, val_dir: s
         out["region_classification"][method] = {
             f"AP50_{name}": round(groups[name].ap50, 4) for name in ("all", "base", "novel") if name in groups and groups[name].ap50 is not None
         }
+        if method == "roi" and pretrain_captions is not None:
+            synonyms = held_out_synonyms(pretrain_captions, concepts, lvis_categories)
+            present = {c.id for c in report.categories if c.num_gt} & set(synonyms)
+            with_synonyms = region_classification(model, test_gt, method=method, templates=templates,
+                                                  input_size=input_size, cache=cache, prompt_names=synonyms)
+            out["held_out_synonyms"] = {
+                "concepts": len(present),
+                "examples": {concepts.by_id(i).name: synonyms[i] for i in sorted(present)[:8]},
+                "AP50_with_names": round(_mean_ap50(report, present), 4),
+                "AP50_with_held_out_synonyms": round(_mean_ap50(with_synonyms, present), 4),
+            }
     return out
 
 
@@ -219,6 +271,10 @@ def teacher_markdown(result: dict[str, Any]) -> str:
         f"| image->caption R@1 / R@5 ({r['images']} val scenes) | {r['R@1']:.3f} / {r['R@5']:.3f} |",
         f"| multi-label concept mAP (all / base / novel) | {m['mAP']:.3f} / {m.get('mAP_base', float('nan')):.3f} / {m.get('mAP_novel', float('nan')):.3f} |",
     ]
+    if "held_out_synonyms" in result:
+        h = result["held_out_synonyms"]
+        lines.append(f"| held-out synonyms ({h['concepts']} test concepts), RoI AP50 with name / with synonym | "
+                     f"{h['AP50_with_names']:.3f} / {h['AP50_with_held_out_synonyms']:.3f} |")
     for method, values in result["region_classification"].items():
         lines.append(
             f"| GT-box region classification, {method}: AP50 all / base / novel | "
