@@ -69,3 +69,19 @@ def test_region_classification_runs_on_a_real_build(tiny_test_world, method):
     assert {g.name for g in report.splits} >= {"all", "base"}
     # A random model is no classifier: AP50 over ~1,177 classes stays near zero.
     assert report.ap50 < 0.2
+
+
+def test_eval_teacher_cli_writes_all_measurements(tmp_path, tiny_test_world, capsys):
+    from regionprompt.cli import main
+
+    torch.manual_seed(0)
+    build_clip("RN-tiny").save(tmp_path / "model")
+    code = main(["eval-teacher", "--model", str(tmp_path / "model"), "--test", str(tiny_test_world.parent),
+                 "--val-cache", str(tmp_path / "val"), "--val-images", "12", "--input-size", "64",
+                 "--templates", "single", "--out", str(tmp_path / "out")])
+    assert code == 0
+    result = json.loads((tmp_path / "out" / "teacher_eval.json").read_text())
+    assert result["retrieval"]["images"] == 12 and 0.0 <= result["retrieval"]["R@1"] <= result["retrieval"]["R@5"] <= 1.0
+    assert set(result["region_classification"]) == {"crop", "roi"}
+    assert result["multilabel"]["concepts"] > 0 and "mAP_random_text" in result["multilabel"]
+    assert "GT-box region classification, roi" in capsys.readouterr().out

@@ -216,7 +216,7 @@ def evaluate_teacher(model: RegionPromptCLIP, *, test_gt: str | Path, val_dir: s
 
     input_size = input_size or model.card.vision.image_size
     val = build_scene_cache(SceneCacheSpec("val", world_seed, val_images, input_size), val_dir)
-    pixels = torch.from_numpy(np.ascontiguousarray(val.images[:])).permute(0, 3, 1, 2).float().div_(255.0)
+    pixels = torch.from_numpy(np.array(val.images)).permute(0, 3, 1, 2).float().div_(255.0)
     img = image_embeddings(model, pixels)
     captions = [r["captions"][0] for r in val.records]
     with torch.no_grad():
@@ -230,6 +230,10 @@ def evaluate_teacher(model: RegionPromptCLIP, *, test_gt: str | Path, val_dir: s
             presence[row, index[obj["concept_id"]]] = True
     concept_emb = class_embeddings(model, [c.name for c in concepts], templates, cache)
     multilabel = multilabel_concept_ap(img, concept_emb, presence, [c.split for c in concepts])
+    # Chance level: the same ranking task with random concept embeddings (AP of a random ranking
+    # is the positive rate, which is high for concepts present in few images).
+    random_emb = F.normalize(torch.randn(concept_emb.shape, generator=torch.Generator().manual_seed(0)), dim=-1)
+    chance = multilabel_concept_ap(img, random_emb, presence, [c.split for c in concepts])
     out: dict[str, Any] = {
         "model": model.card.name,
         "weights_hash": model.card.weights_hash,
@@ -237,6 +241,7 @@ def evaluate_teacher(model: RegionPromptCLIP, *, test_gt: str | Path, val_dir: s
         "input_size": input_size,
         "retrieval": {"images": retrieval.num_images, **{f"R@{k}": round(v, 4) for k, v in retrieval.recall.items()}},
         "multilabel": {"concepts": multilabel.num_concepts, "mAP": round(multilabel.mean_ap, 4),
+                       "mAP_random_text": round(chance.mean_ap, 4),
                        **{f"mAP_{k}": round(v, 4) for k, v in multilabel.by_split.items()}},
         "region_classification": {},
     }
@@ -268,8 +273,9 @@ def teacher_markdown(result: dict[str, Any]) -> str:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| image->caption R@1 / R@5 ({r['images']} val scenes) | {r['R@1']:.3f} / {r['R@5']:.3f} |",
+        f"| image->caption R@1 / R@5 ({r['images']} val scenes; chance {1 / r['images']:.3f} / {5 / r['images']:.3f}) | {r['R@1']:.3f} / {r['R@5']:.3f} |",
         f"| multi-label concept mAP (all / base / novel) | {m['mAP']:.3f} / {m.get('mAP_base', float('nan')):.3f} / {m.get('mAP_novel', float('nan')):.3f} |",
+        f"| multi-label concept mAP with random text embeddings (chance) | {m['mAP_random_text']:.3f} |",
     ]
     if "held_out_synonyms" in result:
         h = result["held_out_synonyms"]
