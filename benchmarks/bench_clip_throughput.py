@@ -3,7 +3,7 @@
 Prints a table of images/s at a given batch size (default 64) for each card, random images and
 EmojiWorld-like short captions. Used to choose the card for the <= 45 min CPU pretraining.
 
-    python benchmarks/vl_clip_throughput.py --cards RN-tiny ViT-tiny --batch 64 --steps 4
+    python benchmarks/bench_clip_throughput.py --cards RN-tiny ViT-tiny --batch 64 --steps 4
 """
 
 from __future__ import annotations
