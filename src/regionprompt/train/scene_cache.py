@@ -27,6 +27,7 @@ from PIL import Image
 
 from regionprompt.errors import DatasetError
 from regionprompt.logging_utils import get_logger, progress
+from regionprompt.world.scene import WORLD_VERSION
 
 _log = get_logger("train.cache")
 CHUNK = 64
@@ -42,6 +43,7 @@ class SceneCacheSpec:
         num_images: scenes ``0 .. num_images - 1``.
         size: side of the stored (resized) images in pixels.
         canvas: side of the rendered canvas in pixels (the world's scene size).
+        world_version: EmojiWorld rendering version; a cache of another version is not reused.
     """
 
     split: str
@@ -49,6 +51,7 @@ class SceneCacheSpec:
     num_images: int
     size: int
     canvas: int = 320
+    world_version: str = WORLD_VERSION
 
 
 def _render_chunk(args: tuple[SceneCacheSpec, int, int]) -> tuple[int, np.ndarray, list[dict[str, Any]]]:

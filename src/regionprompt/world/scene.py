@@ -16,7 +16,7 @@ from regionprompt.errors import DatasetError
 from regionprompt.world.captions import Caption
 
 # Bump when the rendering of a given (seed, split, index) changes.
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"  # 2: captions name objects by salience (area), background less often
 
 # A sprite pixel counts as part of the object (for boxes and visibility) at alpha >= this (of 255).
 ALPHA_VISIBLE = 64
