@@ -41,7 +41,7 @@ class LoopResult:
 
 
 class _Interrupted(Exception):
-    pass
+    """SIGTERM turned into an exception, so the loop can checkpoint before exiting."""
 
 
 def run_loop(
