@@ -3,6 +3,8 @@ and placing image files into an output dataset (hardlink, else copy)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import json
 import os
 import shutil
@@ -32,19 +34,26 @@ class ImageMode(str, Enum):
     NONE = "none"  # labels / annotations only
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` via a temporary file in the same directory and ``os.replace``,
-    so readers never see a half-written file and a crash leaves the old file intact."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Create ``path`` by calling ``write(tmp)`` on a temporary file in the same directory and then
+    ``os.replace``, so readers never see a half-written file and a crash leaves the old file intact.
+    Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8, ``\n`` line ends) to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline="\n"))
 
 
 def dump_json(data: Any, *, indent: int | None = None) -> str:

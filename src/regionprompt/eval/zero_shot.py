@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from regionprompt.boxes import BoxFormat, convert_boxes
 from regionprompt.eval.coco_eval import evaluate_detections
 from regionprompt.eval.report import EvalReport
 from regionprompt.images import load_image, to_tensor
@@ -125,43 +126,74 @@ def region_embeddings(model: RegionPromptCLIP, image: Image.Image, boxes: torch.
     return F.normalize(visual.pool_regions(res4, [boxes * scale]), dim=-1)
 
 
-def region_classification(model: RegionPromptCLIP, gt_path: str | Path, *, method: str = "roi",
-                          templates: str = "emoji", input_size: int | None = None, top_k: int = 5,
-                          temperature: float = 0.01, cache: EmbeddingCache | None = None,
-                          max_images: int | None = None, prompt_names: dict[int, str] | None = None) -> EvalReport:
-    """Classify every ground-truth box of a COCO set (an EmojiWorld build) against all its categories.
+@dataclass(frozen=True)
+class GroundTruthRegions:
+    """Region embeddings of every ground-truth box of a COCO set, computed once, classified many times.
 
-    Each box becomes ``top_k`` predictions (its best classes, softmax at ``temperature``), scored as
-    detections; AP50 then measures recognition alone, since localisation is perfect by construction.
-    ``prompt_names`` replaces the text prompt of some category ids (e.g. by a synonym).
+    Attributes:
+        gt: the COCO ground truth restricted to the evaluated images.
+        regions: per image with boxes: ``(image_id, boxes (K, 4) xywh pixels, embeddings (K, D) normalised)``.
     """
+
+    gt: dict[str, Any]
+    regions: list[tuple[int, torch.Tensor, torch.Tensor]]
+
+
+def embed_gt_regions(model: RegionPromptCLIP, gt_path: str | Path, *, method: str = "roi",
+                     input_size: int | None = None, max_images: int | None = None) -> GroundTruthRegions:
+    """Embed the ground-truth boxes of a COCO set (an EmojiWorld build; images in ``images/`` beside it)."""
     gt_path = Path(gt_path)
     gt = json.loads(gt_path.read_text())
     images = gt["images"][:max_images] if max_images else gt["images"]
     keep = {im["id"] for im in images}
     gt = {**gt, "images": images, "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
-    categories = sorted(gt["categories"], key=lambda c: c["id"])
-    prompt_names = prompt_names or {}
-    text = class_embeddings(model, [prompt_names.get(c["id"], c["name"]) for c in categories], templates, cache)
-    category_ids = torch.tensor([c["id"] for c in categories])
     input_size = input_size or model.card.vision.image_size
     by_image: dict[int, list[dict[str, Any]]] = {}
     for ann in gt["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
-    predictions = []
-    for image in progress(images, desc=f"classify regions ({method})", unit="img"):
+    regions = []
+    for image in progress(images, desc=f"embed regions ({method})", unit="img"):
         anns = by_image.get(image["id"], [])
         if not anns:
             continue
         loaded = load_image(gt_path.parent / "images" / image["file_name"]).image
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32)
-        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
-        probs = (region_embeddings(model, loaded, xyxy, method, input_size) @ text.t() / temperature).softmax(dim=-1)
+        xyxy = convert_boxes(xywh, BoxFormat.XYWH, BoxFormat.XYXY)
+        regions.append((image["id"], xywh, region_embeddings(model, loaded, xyxy, method, input_size)))
+    return GroundTruthRegions(gt, regions)
+
+
+def classify_gt_regions(model: RegionPromptCLIP, regions: GroundTruthRegions, *, templates: str = "emoji",
+                        top_k: int = 5, temperature: float = 0.01, cache: EmbeddingCache | None = None,
+                        prompt_names: dict[int, str] | None = None) -> EvalReport:
+    """Score each region's ``top_k`` classes (softmax at ``temperature``) as detections on its true box.
+
+    AP50 then measures recognition alone, since localisation is perfect by construction.
+    ``prompt_names`` replaces the text prompt of some category ids (e.g. by a synonym).
+    """
+    categories = sorted(regions.gt["categories"], key=lambda c: c["id"])
+    prompt_names = prompt_names or {}
+    text = class_embeddings(model, [prompt_names.get(c["id"], c["name"]) for c in categories], templates, cache)
+    category_ids = [c["id"] for c in categories]
+    predictions = []
+    for image_id, xywh, embeddings in regions.regions:
+        probs = (embeddings @ text.t() / temperature).softmax(dim=-1)
         scores, index = probs.topk(min(top_k, probs.shape[1]), dim=-1)
         for box, row_scores, row_index in zip(xywh.tolist(), scores.tolist(), index.tolist()):
             for score, c in zip(row_scores, row_index):
-                predictions.append({"image_id": image["id"], "category_id": int(category_ids[c]), "bbox": box, "score": score})
-    return evaluate_detections(gt, predictions)
+                predictions.append({"image_id": image_id, "category_id": category_ids[c], "bbox": box, "score": score})
+    return evaluate_detections(regions.gt, predictions)
+
+
+def region_classification(model: RegionPromptCLIP, gt_path: str | Path, *, method: str = "roi",
+                          templates: str = "emoji", input_size: int | None = None, top_k: int = 5,
+                          temperature: float = 0.01, cache: EmbeddingCache | None = None,
+                          max_images: int | None = None, prompt_names: dict[int, str] | None = None) -> EvalReport:
+    """Classify every ground-truth box of a COCO set against all its categories (RegionCLIP's
+    recognition benchmark): :func:`embed_gt_regions` then :func:`classify_gt_regions`."""
+    regions = embed_gt_regions(model, gt_path, method=method, input_size=input_size, max_images=max_images)
+    return classify_gt_regions(model, regions, templates=templates, top_k=top_k, temperature=temperature,
+                               cache=cache, prompt_names=prompt_names)
 
 
 def _phrase_key(text: str) -> str:
@@ -215,6 +247,9 @@ def evaluate_teacher(model: RegionPromptCLIP, *, test_gt: str | Path, val_dir: s
     from regionprompt.world.concepts import load_concepts
 
     input_size = input_size or model.card.vision.image_size
+    # The concept names are embedded for the multi-label test and again for each region method:
+    # keep them in a cache beside the val scenes (keyed by the model's weights) unless given one.
+    cache = cache if cache is not None else EmbeddingCache(Path(val_dir) / "embeddings.sqlite")
     val = build_scene_cache(SceneCacheSpec("val", world_seed, val_images, input_size), val_dir)
     pixels = torch.from_numpy(np.array(val.images)).permute(0, 3, 1, 2).float().div_(255.0)
     img = image_embeddings(model, pixels)
@@ -246,7 +281,8 @@ def evaluate_teacher(model: RegionPromptCLIP, *, test_gt: str | Path, val_dir: s
         "region_classification": {},
     }
     for method in REGION_METHODS:
-        report = region_classification(model, test_gt, method=method, templates=templates, input_size=input_size, cache=cache)
+        regions = embed_gt_regions(model, test_gt, method=method, input_size=input_size)
+        report = classify_gt_regions(model, regions, templates=templates, cache=cache)
         groups = {g.name: g for g in report.splits}
         out["region_classification"][method] = {
             f"AP50_{name}": round(groups[name].ap50, 4) for name in ("all", "base", "novel") if name in groups and groups[name].ap50 is not None
@@ -254,8 +290,7 @@ def evaluate_teacher(model: RegionPromptCLIP, *, test_gt: str | Path, val_dir: s
         if method == "roi" and pretrain_captions is not None:
             synonyms = held_out_synonyms(pretrain_captions, concepts, lvis_categories)
             present = {c.id for c in report.categories if c.num_gt} & set(synonyms)
-            with_synonyms = region_classification(model, test_gt, method=method, templates=templates,
-                                                  input_size=input_size, cache=cache, prompt_names=synonyms)
+            with_synonyms = classify_gt_regions(model, regions, templates=templates, cache=cache, prompt_names=synonyms)
             out["held_out_synonyms"] = {
                 "concepts": len(present),
                 "examples": {concepts.by_id(i).name: synonyms[i] for i in sorted(present)[:8]},

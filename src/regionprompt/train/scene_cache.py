@@ -56,7 +56,6 @@ class SceneCacheSpec:
 
 def _render_chunk(args: tuple[SceneCacheSpec, int, int]) -> tuple[int, np.ndarray, list[dict[str, Any]]]:
     spec, start, stop = args
-    from regionprompt.world.render import SceneRenderer
     from regionprompt.world.scene import SceneConfig
 
     renderer = _worker_renderer(SceneConfig(size=spec.canvas))

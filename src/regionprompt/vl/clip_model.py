@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer
 from safetensors.torch import save_file
 from torch import nn
 
+from regionprompt.data.files import atomic_write
 from regionprompt.vl.cards import ModelCard, load_card
 from regionprompt.vl.image_encoder import ImageEncoder, build_image_encoder
 from regionprompt.vl.text import TextEncoder, check_texts
@@ -175,8 +174,8 @@ class RegionPromptCLIP(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         card = self.card.with_updates(weights_hash=tensors_hash(state.items()))
-        _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        _atomic_write(directory / CARD_FILE, lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))
+        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write(directory / CARD_FILE, lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))
         self.card = card
         return card
 
@@ -186,17 +185,6 @@ class RegionPromptCLIP(nn.Module):
         from regionprompt.vl.checkpoints import load_checkpoint
 
         return load_checkpoint(directory)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_clip(card: ModelCard | str) -> RegionPromptCLIP:

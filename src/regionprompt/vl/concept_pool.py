@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from regionprompt.data.captions import read_captions
-from regionprompt.data.files import atomic_write_text, dump_json
+from regionprompt.data.files import atomic_write, atomic_write_text, dump_json
 from regionprompt.errors import DatasetError
 from regionprompt.logging_utils import get_logger, progress
 from regionprompt.vl.nouns import PhraseExtractor, canonical_name, make_extractor
@@ -369,17 +368,7 @@ def save_pool_embeddings(pool: ConceptPool, embedder: PhraseEmbedder, path: str 
         "source": pool.source,
         "min_count": str(pool.min_count),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({"embeddings": matrix}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file({"embeddings": matrix}, tmp, metadata=metadata))
 
 
 def load_pool_embeddings(path: str | os.PathLike) -> tuple[tuple[str, ...], Any]:

@@ -161,7 +161,7 @@ class EmbeddingCache:
                 return
             conn.close()
         except sqlite3.DatabaseError:
-            pass
+            pass  # not even openable: it is moved aside below like any other corrupt file
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}-{os.getpid()}")
         warnings.warn(
             f"embedding cache {self.path} is corrupt ({exc}); moved it to {aside} and starting an empty cache",
