@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 from pathlib import Path
 
+# Modules adding more ``regionprompt train MODEL`` subcommands; each exposes ``register(commands)``
+# taking the ``train`` subparsers and may use :func:`add_config_options` / :func:`config_from_args`.
+TRAIN_MODULES: tuple[str, ...] = ()
 
-def _add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
+
+def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
     """One ``--flag`` per field of a frozen config dataclass, defaults and comments from the class."""
     defaults = config_cls()
     for field in dataclasses.fields(config_cls):
@@ -21,7 +26,7 @@ def _add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> No
         )
 
 
-def _config_from_args(args: argparse.Namespace, config_cls: type):
+def config_from_args(args: argparse.Namespace, config_cls: type):
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
 
 
@@ -31,7 +36,7 @@ def _train_clip(args: argparse.Namespace) -> int:
     from regionprompt.train.clip_pretrain import ClipPretrainConfig, train_clip
 
     torch.set_num_threads(args.threads)
-    config = _config_from_args(args, ClipPretrainConfig)
+    config = config_from_args(args, ClipPretrainConfig)
     result = train_clip(config, args.out, cache_dir=args.cache, workers=args.workers)
     print(f"trained {result.step} steps ({'finished' if result.finished else 'stopped'}) in {result.seconds:.0f} s; "
           f"last loss {result.metrics.get('loss', float('nan')):.4f}; model: {args.out / 'model'}")
@@ -55,5 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     clip.add_argument("--cache", type=Path, default=None, help="pre-rendered scene cache folder (default OUT/scene_cache)")
     clip.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     clip.add_argument("--workers", type=int, default=2, help="processes rendering the scene cache (default 2)")
-    _add_config_options(clip, ClipPretrainConfig)
+    add_config_options(clip, ClipPretrainConfig)
     clip.set_defaults(func=_train_clip)
+    for module in TRAIN_MODULES:
+        importlib.import_module(module).register(commands)

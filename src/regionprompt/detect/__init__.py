@@ -1,0 +1,1 @@
+"""Detection models: class-agnostic proposals, the RegionCLIP region classifier/detector, T-Rex2."""
