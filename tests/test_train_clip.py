@@ -8,7 +8,8 @@ import torch
 from regionprompt.train.clip_pretrain import ClipPretrainConfig, train_clip
 from regionprompt.vl.checkpoints import load_checkpoint
 
-TINY = dict(card="RN-tiny", image_size=64, num_scenes=16, batch_size=8, warmup_steps=2, lr=3e-3, checkpoint_every=5)
+TINY = dict(card="RN-tiny", image_size=64, num_scenes=16, batch_size=8, warmup_steps=2, lr=3e-3, checkpoint_every=5,
+            concept_min_count=2, concept_weight=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +17,8 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("scene_cache")
 
 
-def _losses(run_dir):
-    return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+def _losses(run_dir, key="clip_loss"):
+    return [json.loads(line)[key] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
 
 
 def test_tiny_run_overfits_its_captions(tmp_path, cache_dir):
@@ -28,6 +29,10 @@ def test_tiny_run_overfits_its_captions(tmp_path, cache_dir):
     chance = torch.log(torch.tensor(8.0)).item()  # a batch of 8 pairs, nothing learnt
     assert losses[0] > 0.8 * chance
     assert sum(losses[-2:]) / 2 < 0.7 * chance, losses
+    concept = _losses(tmp_path, "concept_loss")  # caption nouns vs image: learnt too
+    assert sum(concept[-2:]) / 2 < 0.6 * concept[0], concept
+    pool = json.loads((tmp_path / "concept_pool.json").read_text())["concepts"]
+    assert len(pool) >= 5 and all(c["count"] >= 2 for c in pool)
     model = load_checkpoint(tmp_path / "model")
     assert model.card.training["recipe"]["steps"] == 60
     assert model.card.weights_hash
@@ -43,3 +48,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, cache_dir):
     a = load_checkpoint(tmp_path / "straight" / "model").state_dict()
     b = load_checkpoint(tmp_path / "resumed" / "model").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_plain_clip_without_concepts_or_amp_still_learns(tmp_path, cache_dir):
+    config = ClipPretrainConfig(steps=30, concept_weight=0.0, amp=False, **TINY)
+    train_clip(config, tmp_path, cache_dir=cache_dir, workers=1)
+    losses = _losses(tmp_path, "loss")
+    assert "concept_loss" not in (tmp_path / "train_log.jsonl").read_text()
+    assert losses[-1] < losses[0], losses
+    assert not (tmp_path / "concept_pool.json").exists()

@@ -153,3 +153,28 @@ class Detections:
         from regionprompt.draw import draw_boxes
 
         return draw_boxes(image, self.boxes, self.label_names, self.scores, label_ids=self.labels.tolist(), **kwargs)
+
+    def to_supervision(self) -> Any:
+        """A ``supervision.Detections`` (needs the ``supervision`` package; see :func:`to_supervision`)."""
+        return to_supervision(self)
+
+
+def to_supervision(detections: Detections) -> Any:
+    """``supervision.Detections`` with ``xyxy`` (N, 4) float32 pixels, ``confidence`` (N,), ``class_id`` (N,)
+    = our label indices, and ``data["class_name"]`` (N,) names.
+
+    Raises:
+        RegionPromptError: supervision is not installed.
+    """
+    try:
+        import supervision as sv
+    except ImportError:
+        raise RegionPromptError("to_supervision() needs the supervision package: pip install supervision") from None
+    import numpy as np
+
+    return sv.Detections(
+        xyxy=detections.boxes.numpy().astype(np.float32).reshape(-1, 4),
+        confidence=detections.scores.numpy().astype(np.float32),
+        class_id=detections.labels.numpy().astype(int),
+        data={"class_name": np.asarray(detections.label_names, dtype=str)},
+    )

@@ -19,11 +19,17 @@ from regionprompt.logging_utils import configure_logging, get_logger
 # Order = order in `regionprompt --help`.
 COMMAND_MODULES: tuple[str, ...] = (
     "demo",
+    "detect",
+    "label",
     "dataset",
     "world",
     "evaluate",
     "eval_teacher",
     "concepts",
+    "concept",
+    "serve",
+    "pseudo_label",
+    "eval_proposals",
     "train",
 )
 

@@ -9,7 +9,16 @@ from pathlib import Path
 
 # Modules adding more ``regionprompt train MODEL`` subcommands; each exposes ``register(commands)``
 # taking the ``train`` subparsers and may use :func:`add_config_options` / :func:`config_from_args`.
-TRAIN_MODULES: tuple[str, ...] = ()
+TRAIN_MODULES: tuple[str, ...] = ("regionprompt.cli.train_regions", "regionprompt.cli.train_rpn", "regionprompt.cli.train_detector")
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
 def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
@@ -17,7 +26,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> Non
     defaults = config_cls()
     for field in dataclasses.fields(config_cls):
         default = getattr(defaults, field.name)
-        kind = {int: int, float: float, str: str}.get(type(default), str)
+        kind = {int: int, float: float, str: str, bool: _parse_bool}.get(type(default), str)
         if field.name == "image_size":
             kind = int
         parser.add_argument(

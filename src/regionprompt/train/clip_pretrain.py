@@ -1,7 +1,11 @@
 """CLIP pretraining of the teacher on EmojiWorld image-caption pairs (RegionCLIP's step 0).
 
 Symmetric InfoNCE between the image embeddings and the embeddings of one caption per image, with
-CLIP's learnable temperature (clamped at 100). AdamW, linear warm-up + cosine decay, gradient
+CLIP's learnable temperature (clamped at 100), plus (``concept_weight > 0``) the caption-concept loss
+of :mod:`regionprompt.train.caption_concepts`: a multi-label sigmoid loss between the image and the
+noun phrases parsed from its captions, with the phrases embedded by the same text side (one random
+``emoji`` template per step). Mixed precision: bfloat16 autocast and channels-last convolutions
+(``amp``), 1.5-2x faster on CPUs with AVX512-BF16; losses are computed in float32. AdamW, linear warm-up + cosine decay, gradient
 clipping. Scenes come from a pre-rendered :mod:`~regionprompt.train.scene_cache`; the batch and the
 caption chosen for each image are functions of the step number, so a resumed run is identical to an
 uninterrupted one.
@@ -20,11 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from regionprompt.logging_utils import get_logger
+from regionprompt.train.caption_concepts import ConceptHead, caption_concepts
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
 from regionprompt.vl.cards import TextCard, load_card
 from regionprompt.vl.clip_model import RegionPromptCLIP
+from regionprompt.vl.templates import EMOJI_TEMPLATES
 
 _log = get_logger("train.clip")
 
@@ -46,6 +52,10 @@ class ClipPretrainConfig:
     grad_clip: float = 1.0
     seed: int = 0  # model init and batch order
     checkpoint_every: int = 100
+    concept_weight: float = 1.0  # weight of the caption-concept loss; 0 = plain CLIP
+    concept_min_count: int = 5  # pool = phrases mentioned by at least this many training images
+    concept_negatives: int = 1024  # pool concepts per step besides the batch's positives
+    amp: bool = True  # bfloat16 autocast + channels-last
 
 
 def build_model(config: ClipPretrainConfig) -> RegionPromptCLIP:
@@ -71,7 +81,7 @@ class _Batches:
         self.cache, self.batch_size, self.seed = cache, batch_size, seed
         self.per_epoch = len(cache) // batch_size
 
-    def __call__(self, step: int) -> tuple[torch.Tensor, list[str]]:
+    def __call__(self, step: int) -> tuple[np.ndarray, torch.Tensor, list[str]]:
         epoch, position = divmod(step, self.per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.cache))
         indices = np.sort(order[position * self.batch_size : (position + 1) * self.batch_size])
@@ -81,7 +91,7 @@ class _Batches:
             options = self.cache.records[i]["captions"]
             captions.append(options[int(pick.integers(len(options)))])
         images = torch.from_numpy(np.ascontiguousarray(self.cache.images[indices])).permute(0, 3, 1, 2)
-        return images.float().div_(255.0), captions
+        return indices, images.float().div_(255.0), captions
 
 
 def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
@@ -95,12 +105,21 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
     if len(cache) < config.batch_size:
         raise ValueError(f"num_scenes ({len(cache)}) must be at least the batch size ({config.batch_size})")
     batches = _Batches(cache, config.batch_size, config.seed)
+    head = ConceptHead()
+    concepts = None
+    if config.concept_weight > 0:
+        out.mkdir(parents=True, exist_ok=True)
+        concepts = caption_concepts(cache.records, min_count=config.concept_min_count, pool_path=out / "concept_pool.json")
+    if config.amp:
+        model = model.to(memory_format=torch.channels_last)
+    # The loop checkpoints this pair; only the CLIP model is saved as the final teacher.
+    trained = torch.nn.ModuleDict({"clip": model, "concept_head": head})
 
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for name, param in trained.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "logit_scale" in name else decay).append(param)
+        (no_decay if param.ndim < 2 or "logit_scale" in name or "concept_head" in name else decay).append(param)
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
@@ -112,22 +131,46 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
         optimizer, lambda s: warmup_cosine(s, warmup=config.warmup_steps, total=config.steps, floor=0.02)
     )
 
+    tokens: dict[str, torch.Tensor] = {}
+
+    def phrase_inputs(phrases: list[str]) -> list[str] | torch.Tensor:
+        """CLIP tokens from a cache (pool x templates is small; BPE in Python is not), else the texts."""
+        if model.card.text.kind != "clip":
+            return phrases  # the locked LM caches its own features
+        missing = [p for p in phrases if p not in tokens]
+        if missing:
+            tokens.update(zip(missing, model.tokenize(missing)))
+        return torch.stack([tokens[p] for p in phrases])
+
     def step_fn(step: int) -> dict[str, float]:
-        images, captions = batches(step)
-        image_emb, text_emb, scale = model(images, captions)
-        loss = contrastive_loss(image_emb, text_emb, scale)
+        indices, images, captions = batches(step)
+        if config.amp:
+            images = images.contiguous(memory_format=torch.channels_last)
+        metrics = {}
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
+            image_emb, text_emb, scale = model(images, captions)
+            if concepts is not None:
+                rng = np.random.default_rng([config.seed, 2_000_003, step])
+                vocab, targets = concepts.vocabulary(indices, config.concept_negatives, rng)
+                template = EMOJI_TEMPLATES[int(rng.integers(len(EMOJI_TEMPLATES)))]
+                concept_emb = model.embed_texts(phrase_inputs([template.format(concepts.pool.names[i]) for i in vocab]))
+        loss = clip_loss = contrastive_loss(image_emb.float(), text_emb.float(), scale.float())
+        if concepts is not None:
+            concept_loss = head.loss(image_emb.float(), F.normalize(concept_emb.float(), dim=-1), targets)
+            loss = clip_loss + config.concept_weight * concept_loss
+            metrics = {"clip_loss": clip_loss.item(), "concept_loss": concept_loss.item()}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained.parameters(), config.grad_clip)
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100.0))
-        return {"loss": loss.item(), "scale": float(scale), "grad_norm": float(grad_norm)}
+        return {"loss": loss.item(), **metrics, "scale": float(scale), "grad_norm": float(grad_norm)}
 
     began = time.perf_counter()
     result = run_loop(
         out_dir=out,
-        model=model,
+        model=trained,
         optimizer=optimizer,
         scheduler=scheduler,
         total_steps=config.steps,
@@ -145,6 +188,7 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
             "final_loss": result.metrics.get("loss"),
             "seconds_last_invocation": round(time.perf_counter() - began, 1),
         }
+        model = model.to(memory_format=torch.contiguous_format)
         model.card = model.card.with_updates(training=training)
         model.save(out / "model")
         (out / "recipe.json").write_text(json.dumps(training, indent=2, sort_keys=True))

@@ -1,0 +1,389 @@
+"""The user-facing detector: ``Detector.load(...)`` then ``detector.predict(images, text=..., boxes=...)``.
+
+A detector folder::
+
+    detector.json   {"kind": "regionclip-zeroshot", "format_version": 1, "clip": "clip", "rpn": "rpn",
+                     "config": {...ZeroShotConfig fields...}}
+    clip/           the RegionPromptCLIP (model.safetensors + card.json): region and text encoders
+    rpn/            the ProposalNetwork (model.safetensors + card.json); "rpn": null for a detector
+                    that only classifies boxes it is given (``proposals=``)
+
+``Detector.load("default")`` reads the folder shipped inside the package (``regionprompt/models/default``).
+
+Example::
+
+    detector = Detector.load("runs/detector")
+    [dets] = detector.predict("scene.png", text="dog, red apple", threshold=0.3)
+    dets.plot(load_image("scene.png").image).save("out.png")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from regionprompt.concept import PromptConcept
+from regionprompt.data.files import atomic_write_text, dump_json, is_safe_relative
+from regionprompt.detect.proposals import ProposalSource
+from regionprompt.detect.regionclip.zeroshot import ZeroShotConfig, ZeroShotDetector
+from regionprompt.errors import CheckpointError, PromptError, RegionPromptError
+from regionprompt.prompts import (
+    BoxPrompt,
+    PointPrompt,
+    Prompt,
+    TextPrompt,
+    group_prompts,
+    split_phrases,
+)
+from regionprompt.results import Detections
+from regionprompt.vl.clip_model import RegionPromptCLIP
+from regionprompt.vl.embeddings import EmbeddingCache
+
+DETECTOR_FILE = "detector.json"
+DETECTOR_KIND = "regionclip-zeroshot"
+FORMAT_VERSION = 1
+DEFAULT_VISUAL_LABEL = "object"
+
+
+def default_model_dir() -> Path:
+    """Where ``Detector.load("default")`` looks: ``models/default`` inside the installed package."""
+    return Path(str(resources.files("regionprompt"))) / "models" / "default"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _is_coords(value: Any, count: int) -> bool:
+    """A flat run of ``count`` numbers (a list, tuple, array or tensor)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.ndim == 1 and value.shape[0] == count
+    return isinstance(value, (list, tuple)) and len(value) == count and all(_is_number(v) for v in value)
+
+
+def _items(value: Any, count: int) -> list[Any]:
+    """One box/point (``count`` numbers) or prompt -> ``[it]``; a sequence of them -> a list; None -> []."""
+    if value is None:
+        return []
+    if _is_coords(value, count) or isinstance(value, (BoxPrompt, PointPrompt, TextPrompt, Mapping, str)):
+        return [value]
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return [row for row in value]
+    return list(value)
+
+
+def _is_image_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _visual(item: Any, kind: type, image: Any, label: str | None, negative: bool) -> BoxPrompt | PointPrompt:
+    """A box/point given as numbers, a mapping (``box``/``point``, ``label``, ``image``) or a prompt;
+    ``image`` and ``label`` fill in what the item does not say."""
+    key, count = ("box", 4) if kind is BoxPrompt else ("point", 2)
+    if isinstance(item, kind):
+        return replace(item, image=item.image if item.image is not None else image,
+                       label=item.label or label, negative=negative)
+    if isinstance(item, Mapping):
+        if key not in item:
+            raise PromptError(f"{key} prompt {dict(item)!r} needs a {key!r} entry")
+        return kind(tuple(item[key]), item.get("image", image), item.get("label") or label, negative)
+    if not _is_coords(item, count):
+        raise PromptError(f"{key} prompt: expected {count} numbers, got {item!r}")
+    return kind(tuple(float(v) for v in item), image, label, negative)
+
+
+def build_prompts(text: str | Sequence[str | TextPrompt] | None = None, *, boxes: Any = None, points: Any = None,
+                  prompt_images: Any = None, negatives: Any = None,
+                  visual_label: str = DEFAULT_VISUAL_LABEL) -> list[Prompt]:
+    """The prompt objects of :meth:`Detector.predict` 's arguments (see there).
+
+    Raises:
+        PromptError: an empty text prompt, a malformed box or point, prompt images not matching the prompts.
+    """
+    prompts: list[Prompt] = []
+    texts = split_phrases(text) if isinstance(text, str) else list(text or [])
+    if isinstance(text, str) and not texts:
+        raise PromptError(f"text prompt {text!r} holds no phrase")
+    for t in texts:
+        prompts.append(t if isinstance(t, TextPrompt) else TextPrompt(str(t)))
+    box_items, point_items = _items(boxes, 4), _items(points, 2)
+    visual_count = len(box_items) + len(point_items)
+    if _is_image_list(prompt_images):
+        if len(prompt_images) != visual_count:
+            raise PromptError(f"prompt_images holds {len(prompt_images)} images for {visual_count} box/point prompts; "
+                              "give one image for all, or one per prompt (boxes first, then points)")
+        images = list(prompt_images)
+    else:
+        images = [prompt_images] * visual_count
+    # Unlabelled exemplars form one category named ``visual_label``.
+    for item, image in zip(box_items, images[: len(box_items)]):
+        prompts.append(_visual(item, BoxPrompt, image, visual_label, False))
+    for item, image in zip(point_items, images[len(box_items):]):
+        prompts.append(_visual(item, PointPrompt, image, visual_label, False))
+    # Negative exemplars are drawn where the positive ones are, unless they say otherwise.
+    negative_image = None if _is_image_list(prompt_images) else prompt_images
+    for item in _items(negatives, 4):
+        if isinstance(item, (str, TextPrompt)):
+            phrase = item.text if isinstance(item, TextPrompt) else item
+            prompts.append(TextPrompt(phrase, getattr(item, "label", None), negative=True))
+        elif isinstance(item, PointPrompt) or (isinstance(item, Mapping) and "point" in item) or _is_coords(item, 2):
+            prompts.append(_visual(item, PointPrompt, negative_image, None, True))
+        else:
+            prompts.append(_visual(item, BoxPrompt, negative_image, None, True))
+    return prompts
+
+
+def _as_image_list(images: Any) -> list[Any]:
+    """One image source -> ``[it]``; a list/tuple or a 4-d array/tensor (a batch) -> its items."""
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise PromptError("no image given")
+        return list(images)
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return [image for image in images]
+    return [images]
+
+
+class Detector:
+    """Open-vocabulary detection with text, visual (box / point) and mixed prompts.
+
+    Args:
+        engine: the zero-shot RegionCLIP detector doing the work.
+        source: where it was loaded from (for messages and ``repr``).
+        concept_library: resolves concept names in ``predict(concepts=[...])`` (an object with
+            ``get(name) -> PromptConcept``); ``None``: the default library, opened when first needed.
+    """
+
+    def __init__(self, engine: ZeroShotDetector, *, source: str = "<memory>", concept_library: Any = None) -> None:
+        self.engine = engine
+        self.source = source
+        self._concept_library = concept_library
+
+    def __repr__(self) -> str:
+        return f"Detector(source={self.source!r}, model_hash={self.model_hash[:12]!r})"
+
+    # ---- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_models(cls, clip: RegionPromptCLIP, rpn: ProposalSource | None = None, config: ZeroShotConfig | None = None,
+                    *, cache: EmbeddingCache | None = None, concept_library: Any = None) -> Detector:
+        """A detector from models in memory (``rpn=None``: classify given boxes only)."""
+        return cls(ZeroShotDetector(clip, rpn, config, cache=cache), concept_library=concept_library)
+
+    @classmethod
+    def load(cls, source: str | os.PathLike = "default", *, device: str | torch.device = "cpu",
+             cache: EmbeddingCache | str | os.PathLike | None = "default", concept_library: Any = None) -> Detector:
+        """Load a detector folder (module docstring), or ``"default"``: the one shipped with the package.
+
+        Args:
+            source: ``"default"`` or a detector folder.
+            device: where the models run.
+            cache: text-embedding cache: ``"default"`` (``~/.cache/regionprompt``), a file path, an
+                :class:`EmbeddingCache`, or ``None`` (no cache).
+            concept_library: see the class docstring.
+        Raises:
+            CheckpointError: the folder, its ``detector.json`` or a model inside is missing or invalid.
+        """
+        if str(source) == "default":
+            folder = default_model_dir()
+            if not (folder / DETECTOR_FILE).is_file():
+                raise CheckpointError(
+                    f"the default model is not installed (no {DETECTOR_FILE} in {folder}): this copy of RegionPrompt "
+                    "ships without trained weights. Build a detector folder (detector.json + clip/ + rpn/) with "
+                    "`regionprompt train default` once it exists, or save one with Detector.from_models(...).save(DIR), "
+                    "then load it with Detector.load(DIR) / --model DIR"
+                )
+        else:
+            folder = Path(source)
+        clip, rpn, config = read_detector_folder(folder)
+        clip = clip.to(device)
+        if isinstance(rpn, torch.nn.Module):
+            rpn = rpn.to(device)
+        if cache == "default":
+            cache = EmbeddingCache()
+        elif isinstance(cache, (str, os.PathLike)):
+            cache = EmbeddingCache(cache)
+        engine = ZeroShotDetector(clip, rpn, config, cache=cache)
+        return cls(engine, source=str(folder), concept_library=concept_library)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write this detector as a folder :meth:`load` reads; returns ``directory``."""
+        directory = Path(directory)
+        self.engine.model.save(directory / "clip")
+        rpn = self.engine.proposal_source
+        if rpn is not None:
+            if not hasattr(rpn, "save"):
+                raise RegionPromptError(f"cannot save proposal source {type(rpn).__name__}: it has no save()")
+            rpn.save(directory / "rpn")
+        header = {"kind": DETECTOR_KIND, "format_version": FORMAT_VERSION, "clip": "clip",
+                  "rpn": "rpn" if rpn is not None else None, "config": self.engine.config.to_dict()}
+        atomic_write_text(directory / DETECTOR_FILE, dump_json(header, indent=2))
+        self.source = str(directory)
+        return directory
+
+    # ---- properties ------------------------------------------------------------------------------
+
+    @property
+    def model_hash(self) -> str:
+        """sha256 of the CLIP weights: everything an embedding depends on (concepts carry it)."""
+        return self.engine.model_hash
+
+    @property
+    def config(self) -> ZeroShotConfig:
+        return self.engine.config
+
+    # ---- prompts ---------------------------------------------------------------------------------
+
+    def _library(self) -> Any:
+        if self._concept_library is None:
+            from regionprompt.concepts.library import ConceptLibrary
+
+            self._concept_library = ConceptLibrary()
+        return self._concept_library
+
+    def resolve_concepts(self, concepts: Sequence[PromptConcept | str] | PromptConcept | str | None) -> list[PromptConcept]:
+        """Concept objects and names (looked up in the concept library) -> concepts of this model.
+
+        Raises:
+            PromptError: an unknown name, or a concept made by another model.
+        """
+        if concepts is None:
+            return []
+        items = [concepts] if isinstance(concepts, (str, PromptConcept)) else list(concepts)
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                from regionprompt.concepts.library import ConceptNotFoundError
+
+                try:
+                    item = self._library().get(item)
+                except ConceptNotFoundError as exc:
+                    raise PromptError(f"unknown concept {item!r}: {exc}") from None
+            if not isinstance(item, PromptConcept):
+                raise PromptError(f"concepts must be PromptConcept objects or names, got {type(item).__name__}")
+            item.check_model(self.model_hash)
+            out.append(item)
+        return out
+
+    def make_concept(self, name: str, *, text: str | Sequence[str] | None = None, boxes: Any = None,
+                     points: Any = None, prompt_images: Any = None, negatives: Any = None) -> PromptConcept:
+        """A reusable concept ``name`` from text and/or exemplars drawn on ``prompt_images``: every
+        phrase, box and point is part of that one category; negatives apply to it."""
+        prompts = build_prompts(text, boxes=boxes, points=points, prompt_images=prompt_images, negatives=negatives,
+                                visual_label=name)
+        if not any(not p.negative for p in prompts):
+            raise PromptError(f"concept {name!r}: give at least one phrase, box or point")
+        labelled = [replace(p, label=None) if p.negative else replace(p, label=name) for p in prompts]
+        return self.engine.make_concepts(group_prompts(labelled))[0]
+
+    def make_concepts(self, text: str | Sequence[str | TextPrompt] | None = None, *, boxes: Any = None,
+                      points: Any = None, prompt_images: Any = None, negatives: Any = None,
+                      visual_label: str = DEFAULT_VISUAL_LABEL) -> list[PromptConcept]:
+        """One concept per category of the prompts (arguments as in :meth:`predict`; exemplars must be
+        drawn on ``prompt_images``). Embeds the prompts once for any number of later ``predict`` calls."""
+        prompts = build_prompts(text, boxes=boxes, points=points, prompt_images=prompt_images, negatives=negatives,
+                                visual_label=visual_label)
+        return self.engine.make_concepts(group_prompts(prompts))
+
+    # ---- inference -------------------------------------------------------------------------------
+
+    def predict(self, images: Any, text: str | Sequence[str | TextPrompt] | None = None, *, boxes: Any = None,
+                points: Any = None, prompt_images: Any = None, negatives: Any = None,
+                concepts: Sequence[PromptConcept | str] | PromptConcept | str | None = None,
+                proposals: Sequence[Any] | None = None, threshold: float = 0.3,
+                visual_label: str = DEFAULT_VISUAL_LABEL) -> list[Detections]:
+        """Detect what the prompts describe.
+
+        Args:
+            images: one image or a list (paths, bytes, PIL, numpy, tensors: anything
+                :func:`~regionprompt.images.load_image` takes; a 4-d array/tensor is a batch).
+            text: ``"dog, red apple"`` (split at commas, semicolons, periods, newlines) or a list of phrases;
+                each phrase is a category.
+            boxes: exemplar boxes ``(x1, y1, x2, y2)`` in pixels of the image they were drawn on, or
+                mappings ``{"box": [...], "label": "apple", "image": ...}``; a labelled box joins the text
+                category of that name (a mixed prompt).
+            points: exemplar clicks ``(x, y)`` (or ``{"point": [...], "label": ...}``).
+            prompt_images: the image the boxes and points were drawn on (one for all, or one per prompt,
+                boxes first); ``None``: each searched image itself.
+            negatives: what not to detect: phrases, boxes or points (drawn where the exemplars are);
+                unlabelled negatives apply to every category.
+            concepts: saved :class:`PromptConcept` s or names in the concept library.
+            proposals: boxes to classify instead of the proposal network's, one ``(K, 4)`` per image.
+            threshold: minimum score in [0, 1].
+            visual_label: the category name of unlabelled boxes and points.
+        Returns:
+            One :class:`Detections` per image, in order.
+        Raises:
+            PromptError: no prompt, an empty phrase, a box outside its image, an unknown concept or one
+                made by another model.
+        """
+        if not 0 <= threshold <= 1:
+            raise PromptError(f"threshold must be in [0, 1], got {threshold}")
+        prompts = build_prompts(text, boxes=boxes, points=points, prompt_images=prompt_images, negatives=negatives,
+                                visual_label=visual_label)
+        resolved = self.resolve_concepts(concepts)
+        positives = [p for p in prompts if not p.negative]
+        if not positives and not resolved:
+            raise PromptError("the prompt list is empty: pass at least one text phrase, box, point or concept")
+        if not positives and len(prompts):
+            raise PromptError("negative prompts need a text, box or point category to apply to "
+                              "(a concept carries its own negatives)")
+        categories = group_prompts(prompts) if positives else []
+        return self.engine.detect(_as_image_list(images), categories, resolved, proposals=proposals,
+                                  threshold=threshold)
+
+    __call__ = predict
+
+
+def read_detector_folder(folder: Path) -> tuple[RegionPromptCLIP, ProposalSource | None, ZeroShotConfig]:
+    """The CLIP model, proposal network (or ``None``) and config of a detector folder.
+
+    Raises:
+        CheckpointError: anything missing or malformed, naming the file.
+    """
+    header_path = folder / DETECTOR_FILE
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such detector folder (expected {DETECTOR_FILE} + clip/ + rpn/)")
+    if not header_path.is_file():
+        raise CheckpointError(f"{folder}: not a detector folder (no {DETECTOR_FILE})")
+    try:
+        header = json.loads(header_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{header_path}: not valid JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("kind") != DETECTOR_KIND:
+        kind = header.get("kind") if isinstance(header, dict) else None
+        raise CheckpointError(f"{header_path}: detector kind {kind!r} is not supported (expected {DETECTOR_KIND!r})")
+    if header.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{header_path}: format_version {header.get('format_version')!r} is not supported "
+                              f"(this RegionPrompt reads {FORMAT_VERSION})")
+    try:
+        config = ZeroShotConfig.from_dict(dict(header.get("config") or {}))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{header_path}: {exc}") from None
+    parts = {}
+    for key in ("clip", "rpn"):
+        name = header.get(key)
+        if name is None and key == "rpn":
+            parts[key] = None
+            continue
+        if not isinstance(name, str) or not is_safe_relative(name):
+            raise CheckpointError(f"{header_path}: {key!r} must name a sub-folder, got {name!r}")
+        parts[key] = folder / name
+    clip = RegionPromptCLIP.load(parts["clip"])
+    rpn = None
+    if parts["rpn"] is not None:
+        from regionprompt.detect.rpn import ProposalNetwork
+
+        rpn = ProposalNetwork.load(parts["rpn"])
+    return clip, rpn, config
+
+
+__all__ = ["DETECTOR_FILE", "DETECTOR_KIND", "Detector", "build_prompts", "default_model_dir", "read_detector_folder"]

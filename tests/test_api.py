@@ -1,0 +1,187 @@
+"""The Detector API: a real detector folder (tiny random models) on rendered EmojiWorld scenes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from detector_fixtures import build_detector_folder, render_scenes
+
+import regionprompt
+from regionprompt.api import DETECTOR_FILE, Detector, build_prompts
+from regionprompt.concept import PromptConcept
+from regionprompt.concepts.library import ConceptLibrary
+from regionprompt.errors import CheckpointError, PromptError, RegionPromptError
+from regionprompt.prompts import BoxPrompt, TextPrompt
+from regionprompt.results import Detections
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    torch.set_num_threads(1)  # the machine's two cores are shared; one thread avoids oversubscription
+    return build_detector_folder(tmp_path_factory.mktemp("detector"))
+
+
+@pytest.fixture(scope="module")
+def detector(folder, tmp_path_factory):
+    return Detector.load(folder, cache=tmp_path_factory.mktemp("cache") / "embeddings.sqlite",
+                         concept_library=ConceptLibrary(tmp_path_factory.mktemp("lib") / "concepts.sqlite"))
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return render_scenes(3)
+
+
+def box_of(scene, i=0):
+    return tuple(float(v) for v in scene.boxes_xyxy()[i])
+
+
+def test_folder_layout_and_hash(folder, detector):
+    header = json.loads((folder / DETECTOR_FILE).read_text())
+    assert header["kind"] == "regionclip-zeroshot" and header["clip"] == "clip" and header["rpn"] == "rpn"
+    assert header["config"]["max_proposals"] == 30
+    for part in ("clip", "rpn"):
+        assert (folder / part / "model.safetensors").is_file() and (folder / part / "card.json").is_file()
+    card = json.loads((folder / "clip" / "card.json").read_text())
+    assert detector.model_hash == card["weights_hash"] and len(detector.model_hash) == 64
+    assert regionprompt.Detector is Detector
+
+
+def test_any_image_input_and_batches(detector, scenes, tmp_path):
+    scene = scenes[0]
+    path = tmp_path / "scene.png"
+    scene.image.save(path)
+    sources = [str(path), path.read_bytes(), scene.image, np.asarray(scene.image), torch.from_numpy(np.asarray(scene.image).copy())]
+    results = detector.predict(sources, text="dog, red apple", threshold=0.0)
+    assert len(results) == len(sources)
+    for dets in results:
+        assert isinstance(dets, Detections) and dets.names == ("dog", "red apple") and dets.image_wh == (128, 128)
+        assert torch.allclose(dets.scores, results[0].scores) and torch.equal(dets.boxes, results[0].boxes)
+        assert ((dets.boxes >= -1e-3) & (dets.boxes <= 128 + 1e-3)).all() and len(dets) <= 100
+        assert ((dets.scores >= 0) & (dets.scores <= 1)).all()
+    [single] = detector.predict(scene.image, text=["dog"], threshold=0.0)
+    assert single.names == ("dog",)
+    batch = detector.predict(np.stack([np.asarray(s.image) for s in scenes]), text="dog", threshold=0.0)
+    assert len(batch) == 3
+    assert json.loads(results[0].to_json())["names"] == ["dog", "red apple"]
+    assert all(r["category_id"] in (1, 2) for r in results[0].to_coco(image_id=7))
+
+
+def test_visual_mixed_and_given_box_workflows(detector, scenes):
+    a, b = scenes[0], scenes[1]
+    # Interactive: a box drawn on the searched image.
+    [here] = detector.predict(a.image, boxes=[box_of(a)], threshold=0.0)
+    assert here.names == ("object",) and here.prompts[0].kind == "visual"
+    # Generic: boxes and a point drawn on another image, several exemplars -> one category.
+    x1, y1, x2, y2 = box_of(a, 1)
+    [there] = detector.predict(b.image, boxes=[box_of(a)], points=[((x1 + x2) / 2, (y1 + y2) / 2)],
+                               prompt_images=a.image, visual_label="thing", threshold=0.0)
+    assert there.names == ("thing",) and len(there.prompts[0].visuals) == 2
+    # Mixed: a labelled box joins the text category of that name.
+    [mixed] = detector.predict(b.image, text="apple", boxes=[{"box": box_of(a), "label": "apple"}],
+                               prompt_images=a.image, threshold=0.0)
+    assert mixed.names == ("apple",) and mixed.prompts[0].kind == "mixed"
+    # Given boxes (ground truth) instead of proposals: only those boxes come back.
+    truth = torch.from_numpy(b.boxes_xyxy())
+    [given] = detector.predict(b.image, text="dog, cat", proposals=[truth], threshold=0.0)
+    assert {tuple(x) for x in given.boxes.tolist()} <= {tuple(x) for x in truth.tolist()}
+
+
+def test_negatives_and_threshold(detector, scenes):
+    a = scenes[0]
+    truth = torch.from_numpy(a.boxes_xyxy())
+    [plain] = detector.predict(a.image, boxes=[box_of(a, 0)], proposals=[truth], threshold=0.0)
+    [without] = detector.predict(a.image, boxes=[box_of(a, 0)], negatives=[box_of(a, 1)], proposals=[truth], threshold=0.0)
+    # The negative's own region is closer to the negative (cosine 1) than to the exemplar.
+    assert box_of(a, 1) in {tuple(x) for x in plain.boxes.tolist()}
+    assert box_of(a, 1) not in {tuple(x) for x in without.boxes.tolist()}
+    [high] = detector.predict(a.image, text="dog", threshold=0.9)
+    assert (high.scores >= 0.9).all()
+
+
+def test_concepts_by_object_and_name(detector, scenes):
+    a, b = scenes[0], scenes[1]
+    concept = detector.make_concept("my thing", text="dog", boxes=[box_of(a)], prompt_images=a.image,
+                                    negatives=["cat"])
+    assert concept.model_hash == detector.model_hash and concept.negatives.shape == (1, 256)
+    assert {s["kind"] for s in concept.sources} == {"text", "box"}
+    detector._concept_library.add(concept, replace=True)
+    [by_object] = detector.predict(b.image, concepts=[concept], threshold=0.0)
+    [by_name] = detector.predict(b.image, concepts=["my thing"], threshold=0.0)
+    [by_prompt] = detector.predict(b.image, text=[TextPrompt("dog", label="my thing")],
+                                   boxes=[BoxPrompt(box_of(a), image=a.image, label="my thing")],
+                                   negatives=[TextPrompt("cat", label="my thing")], threshold=0.0)
+    assert by_object.names == by_name.names == by_prompt.names == ("my thing",)
+    assert torch.allclose(by_object.scores, by_name.scores)
+    assert torch.allclose(by_object.scores, by_prompt.scores, atol=1e-5)
+    with pytest.raises(PromptError, match="unknown concept 'nope'"):
+        detector.predict(b.image, concepts=["nope"])
+    other = PromptConcept("alien", concept.embedding, model_hash="f" * 64)
+    with pytest.raises(PromptError, match="made by model"):
+        detector.predict(b.image, concepts=[other])
+
+
+def test_prompt_validation_messages(detector, scenes):
+    a = scenes[0]
+    cases = [
+        ({"text": ""}, "holds no phrase"),
+        ({"text": []}, "prompt list is empty"),
+        ({}, "prompt list is empty"),
+        ({"text": [" "]}, "empty"),
+        ({"boxes": [(100, 100, 300, 300)]}, "outside the 128x128 image"),
+        ({"boxes": [(10, 10, 20)]}, "expected 4 numbers"),
+        ({"boxes": [(0, 0, 500, 500)], "prompt_images": a.image}, "outside"),
+        ({"boxes": [(0, 0, 5, 5), (1, 1, 6, 6)], "prompt_images": [a.image]}, "one per prompt"),
+        ({"negatives": ["cat"]}, "prompt list is empty"),
+        ({"text": "dog", "threshold": 1.5}, "threshold"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(PromptError, match=message):
+            detector.predict(a.image, **kwargs)
+
+
+def test_build_prompts_forms():
+    prompts = build_prompts("dog, red apple", boxes=(1, 2, 3, 4), points=[[5, 6]], negatives=["cat", (0, 0, 2, 2)])
+    kinds = [(type(p).__name__, p.negative) for p in prompts]
+    assert kinds == [("TextPrompt", False), ("TextPrompt", False), ("BoxPrompt", False), ("PointPrompt", False),
+                     ("TextPrompt", True), ("BoxPrompt", True)]
+    assert prompts[2].label == "object" and prompts[5].label is None
+
+
+def test_load_errors(folder, tmp_path):
+    with pytest.raises(CheckpointError, match="default model is not installed"):
+        Detector.load("default")
+    with pytest.raises(CheckpointError, match="no such detector folder"):
+        Detector.load(tmp_path / "missing")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / DETECTOR_FILE).write_text(json.dumps({"kind": "something-else"}))
+    with pytest.raises(CheckpointError, match="not supported"):
+        Detector.load(bad)
+    (bad / DETECTOR_FILE).write_text(json.dumps({"kind": "regionclip-zeroshot", "format_version": 1, "clip": "../x",
+                                                "rpn": None}))
+    with pytest.raises(CheckpointError, match="sub-folder"):
+        Detector.load(bad)
+
+
+def test_detector_without_rpn_classifies_given_boxes(tmp_path, scenes):
+    folder = build_detector_folder(tmp_path / "det", rpn=False)
+    detector = Detector.load(folder, cache=None)
+    a = scenes[0]
+    with pytest.raises(RegionPromptError, match="no proposal network"):
+        detector.predict(a.image, text="dog")
+    [dets] = detector.predict(a.image, text="dog, cat", proposals=[a.boxes_xyxy()], threshold=0.0)
+    assert len(dets) >= 1
+
+
+def test_to_supervision(detector, scenes):
+    sv = pytest.importorskip("supervision")
+    [dets] = detector.predict(scenes[0].image, text="dog, cat", threshold=0.0)
+    converted = dets.to_supervision()
+    assert isinstance(converted, sv.Detections) and len(converted) == len(dets)
+    assert np.allclose(converted.xyxy, dets.boxes.numpy()) and np.allclose(converted.confidence, dets.scores.numpy())
+    assert converted.class_id.tolist() == dets.labels.tolist()
+    assert converted.data["class_name"].tolist() == dets.label_names
