@@ -300,3 +300,20 @@ def test_trained_rpn_layout_as_proposal_source(model, scenes):
     assert len(props) <= 40 and 0 < len(dets) <= 80
     assert (dets.boxes[:, 0] >= 0).all() and (dets.boxes[:, 2] <= 160 + 1e-3).all() and (dets.boxes[:, 3] <= 96 + 1e-3).all()
     assert (dets.scores ** 2 <= props.objectness.max() + 1e-6).all()
+
+
+def test_top_k_nms_equals_nms_on_every_candidate():
+    from torchvision.ops import batched_nms
+
+    from regionprompt.detect.regionclip.zeroshot import top_k_nms
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(5):
+        n = 3000
+        xy = torch.rand(n, 2, generator=g) * 200
+        wh = torch.rand(n, 2, generator=g) * 60 + 4
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        scores = torch.rand(n, generator=g)
+        labels = torch.randint(0, 7 if trial % 2 else 300, (n,), generator=g)
+        full = batched_nms(boxes, scores, labels, 0.5)[:100]
+        assert torch.equal(top_k_nms(boxes, scores, labels, 0.5, 100), full)

@@ -31,6 +31,15 @@ TINY_TRAIN = {"image_size": 96, "width": 8, "fpn_channels": 16, "num_scenes": 16
               "warmup_steps": 3, "lr": 3e-3}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small convolutions on a shared 2-core machine: a second thread mostly waits (6x slower when busy).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def det_cache(tmp_path_factory):
     directory = tmp_path_factory.mktemp("det_cache")
@@ -141,7 +150,6 @@ def _fixed_batch_loss(model, images, boxes):
 def test_tiny_training_lowers_the_loss_and_finds_the_objects(tmp_path, det_cache):
     from regionprompt.train.scene_cache import SceneCache
 
-    torch.set_num_threads(2)
     config = RpnTrainConfig(steps=40, checkpoint_every=100, **TINY_TRAIN)
     result = train_rpn(config, tmp_path, cache_dir=det_cache, workers=1)
     assert result.finished

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "serve",
     "pseudo_label",
     "eval_proposals",
+    "eval_detector",
     "train",
 )
 

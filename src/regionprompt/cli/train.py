@@ -6,9 +6,14 @@ import argparse
 import dataclasses
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from regionprompt.train.loop import LoopResult
 
 # Modules adding more ``regionprompt train MODEL`` subcommands; each exposes ``register(commands)``
-# taking the ``train`` subparsers and may use :func:`add_config_options` / :func:`config_from_args`.
+# taking the ``train`` subparsers and may use :func:`add_run_options`, :func:`add_config_options`,
+# :func:`start_run` and :func:`print_run`.
 TRAIN_MODULES: tuple[str, ...] = ("regionprompt.cli.train_regions", "regionprompt.cli.train_rpn", "regionprompt.cli.train_detector")
 
 
@@ -39,16 +44,43 @@ def config_from_args(args: argparse.Namespace, config_cls: type):
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
 
 
-def _train_clip(args: argparse.Namespace) -> int:
+def add_run_options(parser: argparse.ArgumentParser, *, scene_cache: str | None = "scene cache") -> None:
+    """The options of every training command: ``--out`` (the run folder), ``--threads`` and, for a command
+    that renders its own scenes (``scene_cache`` names them in the help), ``--cache`` and ``--workers``."""
+    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, log, final model)")
+    if scene_cache:
+        parser.add_argument("--cache", type=Path, default=None,
+                            help=f"pre-rendered {scene_cache} folder (default OUT/scene_cache)")
+        parser.add_argument("--workers", type=int, default=2, help="processes rendering the scene cache (default 2)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (default 2); use 1 while other jobs share the CPU: with 2 threads on a "
+                        "loaded 2-core machine a step took 10x longer")
+
+
+def start_run(args: argparse.Namespace, config_cls: type):
+    """Set the torch threads of ``--threads`` and return the config the options describe."""
     import torch
 
+    torch.set_num_threads(args.threads)
+    return config_from_args(args, config_cls)
+
+
+def print_run(result: LoopResult, out: Path, *, all_losses: bool = False, what: str = "model") -> None:
+    """Print one line on a finished or stopped run: steps, state, time, last loss (or every loss term) and
+    where the model is (``what`` names it)."""
+    state = "finished" if result.finished else "stopped (rerun the same command to resume)"
+    if all_losses:
+        last = "last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k != "grad_norm")
+    else:
+        last = f"last loss {result.metrics.get('loss', float('nan')):.4f}"
+    print(f"trained {result.step} steps ({state}) in {result.seconds:.0f} s; {last}; {what}: {out / 'model'}")
+
+
+def _train_clip(args: argparse.Namespace) -> int:
     from regionprompt.train.clip_pretrain import ClipPretrainConfig, train_clip
 
-    torch.set_num_threads(args.threads)
-    config = config_from_args(args, ClipPretrainConfig)
-    result = train_clip(config, args.out, cache_dir=args.cache, workers=args.workers)
-    print(f"trained {result.step} steps ({'finished' if result.finished else 'stopped'}) in {result.seconds:.0f} s; "
-          f"last loss {result.metrics.get('loss', float('nan')):.4f}; model: {args.out / 'model'}")
+    config = start_run(args, ClipPretrainConfig)
+    print_run(train_clip(config, args.out, cache_dir=args.cache, workers=args.workers), args.out)
     return 0
 
 
@@ -65,10 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "warm-up + cosine, gradient clipping). Checkpoints every --checkpoint-every steps into --out; rerun the "
         "same command to resume. The final model is written to OUT/model (safetensors + card.json).",
     )
-    clip.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, log, final model)")
-    clip.add_argument("--cache", type=Path, default=None, help="pre-rendered scene cache folder (default OUT/scene_cache)")
-    clip.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    clip.add_argument("--workers", type=int, default=2, help="processes rendering the scene cache (default 2)")
+    add_run_options(clip)
     add_config_options(clip, ClipPretrainConfig)
     clip.set_defaults(func=_train_clip)
     for module in TRAIN_MODULES:

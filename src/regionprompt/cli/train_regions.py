@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from regionprompt.cli.train import add_config_options, config_from_args
+from regionprompt.cli.train import (
+    add_config_options,
+    add_run_options,
+    print_run,
+    start_run,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,23 +29,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--teacher", type=Path, required=True, help="the teacher that made the pseudo labels")
     parser.add_argument("--labels", type=Path, required=True, help="pseudo-label folder (regionprompt pseudo-label --out)")
     parser.add_argument("--cache", type=Path, required=True, help="the scene cache the pseudo labels were made on")
-    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, log, final model)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    add_run_options(parser, scene_cache=None)
     add_config_options(parser, RegionPretrainConfig)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from regionprompt.train.regions import RegionPretrainConfig, train_regions
     from regionprompt.vl.embeddings import EmbeddingCache
 
-    torch.set_num_threads(args.threads)
-    config = config_from_args(args, RegionPretrainConfig)
+    config = start_run(args, RegionPretrainConfig)
     result = train_regions(config, args.out, teacher=args.teacher, labels_dir=args.labels, cache_dir=args.cache,
                            embedding_cache=EmbeddingCache(args.out / "embeddings.sqlite"))
-    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k != "grad_norm")
-    print(f"trained {result.step} steps ({'finished' if result.finished else 'stopped'}) in {result.seconds:.0f} s; "
-          f"last losses: {losses}; student: {args.out / 'model'}")
+    print_run(result, args.out, all_losses=True, what="student")
     return 0

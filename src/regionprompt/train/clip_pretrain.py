@@ -13,7 +13,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.caption_concepts import ConceptHead, caption_concepts
+from regionprompt.train.finalize import save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
@@ -44,6 +44,7 @@ class ClipPretrainConfig:
     image_size: int | None = None  # training resolution; default: the card's vision.image_size
     num_scenes: int = 20000  # distinct pretrain scenes (rendered once, cycled as epochs)
     world_seed: int = 0  # EmojiWorld seed of the pretrain scenes
+    layout: str = "scene"  # "scene" or "iconic" (1-3 large objects per image; see train/scene_cache.py)
     steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
@@ -100,7 +101,7 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
     out = Path(out_dir)
     model = build_model(config)
     size = config.image_size or model.card.vision.image_size
-    spec = SceneCacheSpec("pretrain", config.world_seed, config.num_scenes, size)
+    spec = SceneCacheSpec("pretrain", config.world_seed, config.num_scenes, size, layout=config.layout)
     cache = build_scene_cache(spec, Path(cache_dir or out / "scene_cache"), workers=workers)
     if len(cache) < config.batch_size:
         raise ValueError(f"num_scenes ({len(cache)}) must be at least the batch size ({config.batch_size})")
@@ -184,13 +185,9 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
     if result.finished:
         training = {
             "recipe": asdict(config),
-            "data": f"EmojiWorld pretrain split, {config.num_scenes} scenes at {size} px, seed {config.world_seed}",
+            "data": f"EmojiWorld pretrain split, {config.num_scenes} {config.layout} images at {size} px, seed {config.world_seed}",
             "final_loss": result.metrics.get("loss"),
-            "seconds_last_invocation": round(time.perf_counter() - began, 1),
         }
         model = model.to(memory_format=torch.contiguous_format)
-        model.card = model.card.with_updates(training=training)
-        model.save(out / "model")
-        (out / "recipe.json").write_text(json.dumps(training, indent=2, sort_keys=True))
-        _log.info("saved teacher to %s", out / "model")
+        _log.info("saved teacher to %s", save_final_model(model, out, training, began=began))
     return result

@@ -25,7 +25,6 @@ to ``OUT/model``, so every evaluation of a CLIP model works on it.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -36,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regionprompt.data.files import atomic_write_text
 from regionprompt.errors import RegionPromptError
 from regionprompt.logging_utils import get_logger
 from regionprompt.regionclip.label_store import PseudoLabels
@@ -52,6 +50,7 @@ from regionprompt.regionclip.region_encoder import (
     embed_concepts,
     region_feature_map,
 )
+from regionprompt.train.finalize import save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache
 from regionprompt.train.schedule import warmup_cosine
@@ -303,10 +302,7 @@ def train_regions(config: RegionPretrainConfig, out_dir: str | Path, *, teacher:
             "pseudo_labels": {**labels_identity, "threshold": trainer.labels.meta["identity"].get("threshold"),
                               "proposals": trainer.labels.meta["identity"].get("proposals")},
             "final_losses": dict(result.metrics),
-            "seconds_last_invocation": round(time.perf_counter() - began, 1),
         }
-        student.card = teacher_card.with_updates(training=training)
-        student.save(out / "model")
-        atomic_write_text(out / "recipe.json", json.dumps(training, indent=2, sort_keys=True, default=str))
-        _log.info("saved the student to %s", out / "model")
+        student.card = teacher_card  # the student is saved as the teacher's architecture with its own weights
+        _log.info("saved the student to %s", save_final_model(student, out, training, began=began))
     return result

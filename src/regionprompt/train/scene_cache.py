@@ -44,6 +44,8 @@ class SceneCacheSpec:
         size: side of the stored (resized) images in pixels.
         canvas: side of the rendered canvas in pixels (the world's scene size).
         world_version: EmojiWorld rendering version; a cache of another version is not reused.
+        layout: ``"scene"`` (the world's scenes) or ``"iconic"`` (1-3 large objects per image, like the
+            object-centred photos that dominate web image-text data: see :data:`LAYOUTS`).
     """
 
     split: str
@@ -52,13 +54,29 @@ class SceneCacheSpec:
     size: int
     canvas: int = 320
     world_version: str = WORLD_VERSION
+    layout: str = "scene"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise DatasetError(f"scene cache layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+
+    def scene_config(self) -> Any:
+        from regionprompt.world.scene import SceneConfig
+
+        return SceneConfig(size=self.canvas, **LAYOUTS[self.layout])
+
+
+# SceneConfig overrides per layout. "iconic": objects fill 30-75 % of the canvas side, so they stay
+# recognisable when the image is stored small (64 px), which makes caption pretraining far cheaper.
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "scene": {},
+    "iconic": {"min_objects": 1, "max_objects": 3, "min_object_size": 96, "max_object_frac": 0.75, "max_clutter": 2},
+}
 
 
 def _render_chunk(args: tuple[SceneCacheSpec, int, int]) -> tuple[int, np.ndarray, list[dict[str, Any]]]:
     spec, start, stop = args
-    from regionprompt.world.scene import SceneConfig
-
-    renderer = _worker_renderer(SceneConfig(size=spec.canvas))
+    renderer = _worker_renderer(spec.scene_config())
     scale = spec.size / spec.canvas
     pixels = np.empty((stop - start, spec.size, spec.size, 3), dtype=np.uint8)
     records = []
@@ -149,7 +167,8 @@ def build_scene_cache(spec: SceneCacheSpec, directory: str | Path, *, workers: i
     spec_path, images_path, records_path = directory / "spec.json", directory / "images.npy", directory / "records.jsonl"
     if spec_path.exists():
         existing = json.loads(spec_path.read_text())
-        if existing != asdict(spec):
+        # Older caches predate some fields: compare through the dataclass so their defaults apply.
+        if SceneCacheSpec(**existing) != spec:
             raise DatasetError(f"{directory} holds a scene cache for {existing}, not {asdict(spec)}")
     else:
         spec_path.write_text(json.dumps(asdict(spec), sort_keys=True))

@@ -21,7 +21,6 @@ step number, so a resumed run equals an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ from torchvision.ops import box_convert
 
 from regionprompt.errors import DatasetError, RegionPromptError
 from regionprompt.logging_utils import get_logger
+from regionprompt.train.finalize import save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
@@ -325,10 +325,7 @@ def train_trex2(config: TRex2TrainConfig, out_dir: str | Path, *, cache_dir: str
             "data": f"EmojiWorld det-train, {config.num_scenes} scenes at {config.image_size} px, seed {config.world_seed}",
             "backbone": config.clip,
             "final_loss": result.metrics.get("loss"),
-            "seconds_last_invocation": round(time.perf_counter() - began, 1),
         }
-        model.card = model.card.with_updates(name=f"trex2-{model.card.clip.name}", training=training)
-        model.save(out / "model")
-        (out / "recipe.json").write_text(json.dumps(training, indent=2, sort_keys=True))
-        _log.info("saved T-Rex2 detector to %s", out / "model")
+        model.card = model.card.with_updates(name=f"trex2-{model.card.clip.name}")
+        _log.info("saved T-Rex2 detector to %s", save_final_model(model, out, training, began=began))
     return result

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from regionprompt.card_json import card_to_dict, card_to_json, parse_card_json
 from regionprompt.errors import CheckpointError
 from regionprompt.vl.cards import ModelCard
 
@@ -66,14 +66,12 @@ class TRex2Card:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = card_to_dict(self)
         data["clip"] = self.clip.to_dict()
-        data["training"] = dict(self.training)
-        data["metrics"] = dict(self.metrics)
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        return card_to_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> TRex2Card:
@@ -86,10 +84,4 @@ class TRex2Card:
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "<json>") -> TRex2Card:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{source}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{source}: a T-Rex2 card must be a JSON object")
-        return cls.from_dict(data, source=source)
+        return cls.from_dict(parse_card_json(text, source=source, what="a T-Rex2 card"), source=source)

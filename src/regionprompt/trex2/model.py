@@ -24,13 +24,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.ops import box_convert
 
-from regionprompt.data.files import atomic_write
 from regionprompt.errors import CheckpointError, PromptError
+from regionprompt.model_dir import load_model_dir, save_model_dir, tensors_hash
 from regionprompt.trex2.card import LEVELS, TRex2Card
 from regionprompt.trex2.decoder import Decoder, QuerySelection
 from regionprompt.trex2.denoising import DenoisingQueries
@@ -42,11 +40,8 @@ from regionprompt.trex2.prompt_encoder import (
 )
 from regionprompt.trex2.structures import EncodedImages, TRex2Output, VisualPromptBatch
 from regionprompt.trex2.visual_prompts import make_prompt_batch
-from regionprompt.vl.clip_model import RegionPromptCLIP, tensors_hash
+from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache, PromptEmbedder
-
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "card.json"
 
 
 @dataclass(frozen=True)
@@ -244,35 +239,20 @@ class TRex2(nn.Module):
 
     def save(self, directory: str | Path) -> TRex2Card:
         """Write ``model.safetensors`` + ``card.json`` (with the weights hash) atomically; returns the card."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        card = self.card.with_updates(weights_hash=tensors_hash(state.items()))
-        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        atomic_write(directory / CARD_FILE, lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))
-        self.card = card
-        return card
+        self.card = save_model_dir(directory, self.state_dict(), self.card)
+        return self.card
 
     @classmethod
     def load(cls, directory: str | Path) -> TRex2:
-        """Load a folder written by :meth:`save` (weights verified against the card's hash); eval mode."""
-        directory = Path(directory)
-        card_path, weights = directory / CARD_FILE, directory / WEIGHTS_FILE
-        if not card_path.is_file() or not weights.is_file():
-            raise CheckpointError(f"{directory}: not a T-Rex2 model folder (needs {CARD_FILE} and {WEIGHTS_FILE})")
-        card = TRex2Card.from_json(card_path.read_text(encoding="utf-8"), source=str(card_path))
-        try:
-            state = load_file(str(weights))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{weights}: unreadable weights ({type(exc).__name__}: {exc})") from None
-        if card.weights_hash and tensors_hash(state.items()) != card.weights_hash:
-            raise CheckpointError(f"{weights}: weights do not match the hash in {CARD_FILE} (modified or corrupted)")
-        model = cls(card, RegionPromptCLIP.uninitialized(card.clip))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"{weights}: does not fit the card's architecture "
-                                  f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-        return model.eval()
+        """Load a folder written by :meth:`save` (weights verified against the card's hash); eval mode.
+
+        Raises:
+            CheckpointError: the folder, its card or its weights are missing, unreadable, do not match the
+                card's hash, or do not fit the card's architecture.
+        """
+        return load_model_dir(
+            directory, TRex2Card, lambda card: cls(card, RegionPromptCLIP.uninitialized(card.clip)), kind="T-Rex2"
+        )
 
 
 def build_trex2(card: TRex2Card, clip: RegionPromptCLIP | None = None, *, seed: int | None = None) -> TRex2:

@@ -10,13 +10,13 @@ small CPU cards we train on EmojiWorld (``RN-tiny``, ``ViT-tiny``). A saved mode
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from regionprompt.card_json import card_to_dict, card_to_json, parse_card_json
 from regionprompt.errors import RegionPromptError
 
 #: CLIP's preprocessing statistics (OpenAI, also used by open_clip for these architectures).
@@ -133,16 +133,14 @@ class ModelCard:
     # ---- serialisation -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = card_to_dict(self)
         data["vision"]["layers"] = list(self.vision.layers) if self.vision.kind == "resnet" else self.vision.layers
         data["image_mean"] = list(self.image_mean)
         data["image_std"] = list(self.image_std)
-        data["training"] = dict(self.training)
-        data["metrics"] = dict(self.metrics)
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        return card_to_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> ModelCard:
@@ -170,13 +168,7 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "<json>") -> ModelCard:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ModelCardError(f"{source}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise ModelCardError(f"{source}: a model card must be a JSON object")
-        return cls.from_dict(data, source=source)
+        return cls.from_dict(parse_card_json(text, source=source, error=ModelCardError), source=source)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")

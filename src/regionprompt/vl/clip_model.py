@@ -10,39 +10,24 @@ Saved form (a directory): ``model.safetensors`` + ``card.json`` (with the sha256
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer
-from safetensors.torch import save_file
 from torch import nn
 
-from regionprompt.data.files import atomic_write
+# CARD_FILE and WEIGHTS_FILE: vl.checkpoints imports them from here.
+from regionprompt.model_dir import CARD_FILE, WEIGHTS_FILE, save_model_dir, tensors_hash  # noqa: F401
 from regionprompt.vl.cards import ModelCard, load_card
 from regionprompt.vl.image_encoder import ImageEncoder, build_image_encoder
 from regionprompt.vl.text import TextEncoder, check_texts
 
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "card.json"
-
 #: Top-level state-dict prefixes of the CLIP text tower (everything that determines text embeddings).
 CLIP_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
-
-
-def tensors_hash(named: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """Hex sha256 over (name, dtype, shape, bytes) of each tensor, in name order."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(named, key=lambda item: item[0]):
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(name.encode())
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 class RegionPromptCLIP(nn.Module):
@@ -170,14 +155,8 @@ class RegionPromptCLIP(nn.Module):
         Each file is written to a temporary name and renamed, so an interrupted save never leaves a
         half-written file under the final name. Returns the card as written.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        card = self.card.with_updates(weights_hash=tensors_hash(state.items()))
-        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        atomic_write(directory / CARD_FILE, lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))
-        self.card = card
-        return card
+        self.card = save_model_dir(directory, self.state_dict(), self.card)
+        return self.card
 
     @classmethod
     def load(cls, directory: str | Path) -> RegionPromptCLIP:

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
+from torchvision.ops import batched_nms
 from PIL import Image
 
 from regionprompt.boxes import as_box_tensor
@@ -122,6 +123,24 @@ def _given(proposals: Sequence[Any], images: Sequence[LoadedImage]) -> list[Prop
             raise BoxFormatError(f"given boxes of {image.name}: every box needs x1 < x2 and y1 < y2")
         out.append(Proposals(boxes, torch.ones(len(boxes))))
     return out
+
+
+def top_k_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float, k: int) -> torch.Tensor:
+    """Indices of the ``k`` best candidates surviving per-class NMS, best first; ``boxes`` ``(N, 4)`` xyxy.
+
+    Per-class NMS of K proposals x C prompts candidates dominates the time with large vocabularies
+    (353k candidates: half the time per image). Whether a candidate survives depends only on
+    higher-scored candidates of its class, so NMS on the top m candidates is exact for them: grow m
+    until ``k`` survive. Same result as NMS on everything.
+    """
+    order = scores.argsort(descending=True)
+    m = 4 * k
+    while True:
+        head = order[:m]
+        kept = head[batched_nms(boxes[head], scores[head], labels[head], iou)]  # sorted by score
+        if len(kept) >= k or m >= len(order):
+            return kept[:k]
+        m *= 4
 
 
 class ZeroShotDetector:
@@ -263,9 +282,9 @@ class ZeroShotDetector:
             closest_negative = (regions[rows[mine]] @ negatives.t()).max(dim=1).values
             keep[mine] = closest_negative <= sims[rows[mine], c]
         rows, cols = rows[keep], cols[keep]
-        detections = Detections(proposals.boxes[rows].float(), scores[rows, cols], cols, names, wh,
-                                prompts=prompts, image_name=image.name)
-        return detections.nms(cfg.nms_iou).topk(cfg.max_detections)
+        top = top_k_nms(proposals.boxes[rows].float(), scores[rows, cols], cols, cfg.nms_iou, cfg.max_detections)
+        return Detections(proposals.boxes[rows[top]].float(), scores[rows[top], cols[top]], cols[top], names, wh,
+                          prompts=prompts, image_name=image.name)
 
     def _backgrounds(self, recipes: Sequence[CategoryRecipe], compiled: CompiledPrompts,
                      whole_image: torch.Tensor) -> torch.Tensor:
