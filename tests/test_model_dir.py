@@ -90,3 +90,27 @@ def test_errors_name_the_problem(tmp_path):
     (folder / CARD_FILE).write_text("{oops")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_model_dir(folder, LinearCard, build)
+
+
+def test_compact_clip_folder_is_smaller_and_loads_to_the_same_outputs(tmp_path):
+    from regionprompt.vl.checkpoints import load_checkpoint
+    from regionprompt.vl.clip_model import build_clip
+    from regionprompt.vl.compact import keep_learnt_tokens, save_compact
+
+    torch.manual_seed(0)
+    model = build_clip("RN-tiny").eval()
+    texts = ["a red apple.", "two dogs on grass."]
+    before = model.embed_texts(texts).detach()
+    kept = keep_learnt_tokens(model, texts)
+    assert 2 < kept < 20  # start/end tokens plus the words of the two texts
+    assert torch.allclose(model.embed_texts(texts), before)  # the texts' own tokens are untouched
+    model.save(tmp_path / "full")
+    save_compact(model, tmp_path / "compact")
+    size = lambda d: (tmp_path / d / "model.safetensors").stat().st_size  # noqa: E731
+    assert size("compact") < 0.3 * size("full")
+    loaded = load_checkpoint(tmp_path / "compact")
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_image(images), model.encode_image(images), atol=2e-3)
+        assert torch.allclose(loaded.embed_texts(texts), model.embed_texts(texts), atol=2e-3)
+    assert loaded.card.weights_hash == model.card.weights_hash

@@ -54,14 +54,51 @@ def tensors_hash(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
-def save_model_dir(directory: str | Path, state_dict: Mapping[str, torch.Tensor], card: CardT) -> CardT:
+# Row-sparse storage of a mostly-zero matrix (e.g. a token embedding whose unused rows were zeroed):
+# "<name>::rows" (R,) int64 row indices, "<name>::values" (R, ...) those rows, "<name>::shape" the full shape.
+_ROWS, _VALUES, _SHAPE = "::rows", "::values", "::shape"
+
+
+def compact_state(state: Mapping[str, torch.Tensor], sparse_rows: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """The stored form of ``state``: tensors named in ``sparse_rows`` keep only their non-zero rows."""
+    stored = dict(state)
+    for name in sparse_rows:
+        full = stored.pop(name)
+        rows = full.reshape(full.shape[0], -1).ne(0).any(dim=1).nonzero().flatten()
+        stored[name + _ROWS], stored[name + _VALUES] = rows, full[rows].contiguous()
+        stored[name + _SHAPE] = torch.tensor(full.shape, dtype=torch.int64)
+    return stored
+
+
+def expand_state(stored: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`compact_state` (a no-op for ordinary files)."""
+    state = {k: v for k, v in stored.items() if not k.endswith((_ROWS, _VALUES, _SHAPE))}
+    for key in stored:
+        if key.endswith(_SHAPE):
+            name = key[: -len(_SHAPE)]
+            values = stored[name + _VALUES]
+            full = values.new_zeros(tuple(stored[key].tolist()))
+            full[stored[name + _ROWS]] = values
+            state[name] = full
+    return state
+
+
+def save_model_dir(directory: str | Path, state_dict: Mapping[str, torch.Tensor], card: CardT, *,
+                   dtype: torch.dtype | None = None, sparse_rows: Iterable[str] = ()) -> CardT:
     """Write ``state_dict`` to ``directory/model.safetensors`` and ``card`` (with the weights hash) to
-    ``directory/card.json``, each atomically; returns the card as written."""
+    ``directory/card.json``, each atomically; returns the card as written.
+
+    ``dtype`` (e.g. ``torch.float16``) casts floating tensors for smaller files; ``sparse_rows`` names
+    tensors stored row-sparse (:func:`compact_state`). The hash is over the tensors as loaded back.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     card = card.with_updates(weights_hash=tensors_hash(state.items()))
-    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    stored = compact_state(state, sparse_rows)
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(stored, tmp, metadata={"format": "pt"}))
     atomic_write(directory / CARD_FILE, lambda tmp: Path(tmp).write_text(card.to_json(), encoding="utf-8"))
     return card
 
@@ -69,7 +106,7 @@ def save_model_dir(directory: str | Path, state_dict: Mapping[str, torch.Tensor]
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; :class:`CheckpointError` naming the file if it cannot be read."""
     try:
-        return dict(load_file(str(path)))
+        return expand_state(load_file(str(path)))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {exc}") from None
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 # Modules adding more ``regionprompt train MODEL`` subcommands; each exposes ``register(commands)``
 # taking the ``train`` subparsers and may use :func:`add_run_options`, :func:`add_config_options`,
 # :func:`start_run` and :func:`print_run`.
-TRAIN_MODULES: tuple[str, ...] = ("regionprompt.cli.train_regions", "regionprompt.cli.train_rpn", "regionprompt.cli.train_detector")
+TRAIN_MODULES: tuple[str, ...] = ("regionprompt.cli.train_regions", "regionprompt.cli.train_rpn", "regionprompt.cli.train_detector", "regionprompt.cli.train_default")
 
 
 def _parse_bool(text: str) -> bool:

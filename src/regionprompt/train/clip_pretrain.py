@@ -166,7 +166,7 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100.0))
-        return {"loss": loss.item(), **metrics, "scale": float(scale), "grad_norm": float(grad_norm)}
+        return {"loss": loss.item(), **metrics, "scale": scale.item(), "grad_norm": float(grad_norm)}
 
     began = time.perf_counter()
     result = run_loop(

@@ -41,6 +41,7 @@ import torch
 
 from regionprompt.errors import CheckpointError
 from regionprompt.logging_utils import get_logger
+from regionprompt.model_dir import expand_state
 from regionprompt.vl.cards import ModelCard, ModelCardError, TextCard, VisionCard, load_card
 from regionprompt.vl.clip_model import CARD_FILE, WEIGHTS_FILE, RegionPromptCLIP, tensors_hash
 
@@ -393,7 +394,8 @@ def _load_own_directory(directory: Path, card: ModelCard | None) -> RegionPrompt
             f"{card.name!r} ({_describe(card)})"
         )
     weights = directory / WEIGHTS_FILE
-    state, _ = read_state_dict(weights)
+    raw, _ = read_state_dict(weights)
+    state = expand_state(raw)
     if saved.weights_hash and tensors_hash(state.items()) != saved.weights_hash:
         raise CheckpointError(f"{weights}: weights do not match the hash in {CARD_FILE} (modified or corrupted file)")
     model = RegionPromptCLIP.uninitialized(saved)

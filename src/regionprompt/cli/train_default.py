@@ -1,0 +1,99 @@
+"""``regionprompt train default``: the whole pipeline of the shipped detector, from nothing, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+DESCRIPTION = (
+    "Reproduce the default detector end to end: scene caches -> CLIP teacher (iconic 64 px pretraining) -> "
+    "class-agnostic RPN -> zero-shot RegionCLIP detector folder -> [--student: pseudo labels + region-text "
+    "student, the better of the two kept] -> evaluation (eval-detector --mode text on a 100-image EmojiWorld "
+    "test build) -> OUT/detector with model_card.json -> [--install: a float16 copy into the package's "
+    "models/default, what Detector.load('default') reads]. Every stage resumes after an interruption and is "
+    "skipped when its output is complete: rerun the same command. --fast runs every stage at toy size (tests)."
+)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("default", help="the default detector end to end (teacher, RPN, detector, eval, card)",
+                                 description=DESCRIPTION)
+    parser.add_argument("--out", type=Path, required=True, help="run folder (every stage's output, pipeline.json)")
+    parser.add_argument("--fast", action="store_true", help="tiny profile: a few steps and scenes per stage (tests)")
+    parser.add_argument("--student", action="store_true",
+                        help="also pseudo-label pretrain scenes and train the RegionCLIP student; keep the better detector")
+    parser.add_argument("--install", action="store_true",
+                        help="copy the final detector into the package (regionprompt/models/default)")
+    parser.add_argument("--install-to", type=Path, default=None, metavar="DIR",
+                        help="install into DIR instead of the package folder (implies --install)")
+    parser.add_argument("--fp32", action="store_true", help="install float32 weights (default: float16 when they "
+                        "match float32)")
+    parser.add_argument("--caches", type=Path, default=None, metavar="DIR",
+                        help="scene-cache folder, shareable between runs (default OUT/caches)")
+    parser.add_argument("--teacher-steps", type=int, default=None, help="override the teacher's steps")
+    parser.add_argument("--rpn-steps", type=int, default=None, help="override the RPN's steps")
+    parser.add_argument("--student-steps", type=int, default=None, help="override the student's steps")
+    parser.add_argument("--pseudo-label-scenes", type=int, default=None, help="override the pseudo-labelled scene count")
+    parser.add_argument("--eval-images", type=int, default=None, help="override the evaluation build's size")
+    parser.add_argument("--input-size", type=int, default=None, help="override the detector's CLIP input side")
+    parser.add_argument("--max-proposals", type=int, default=None, help="override the detector's proposals per image")
+    parser.add_argument("--workers", type=int, default=None, help="processes rendering scenes")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (default 2); use 1 while other jobs share the CPU")
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from regionprompt.train.default_recipe import default_profile, fast_profile
+
+    config = fast_profile() if args.fast else default_profile()
+    changes = {}
+    if args.student:
+        changes["student"] = True
+    if args.teacher_steps is not None:
+        changes["teacher"] = replace(config.teacher, steps=args.teacher_steps)
+    if args.rpn_steps is not None:
+        changes["rpn"] = replace(config.rpn, steps=args.rpn_steps)
+    if args.student_steps is not None:
+        changes["regions"] = replace(config.regions, steps=args.student_steps)
+    if args.input_size is not None or args.max_proposals is not None:
+        detector = config.detector
+        if args.input_size is not None:
+            detector = replace(detector, input_size=args.input_size)
+        if args.max_proposals is not None:
+            detector = replace(detector, max_proposals=args.max_proposals)
+        changes["detector"] = detector
+    for name in ("pseudo_label_scenes", "eval_images", "workers"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    try:
+        return replace(config, **changes)
+    except ValueError as exc:  # a stage config's own validation
+        from regionprompt.errors import RegionPromptError
+
+        raise RegionPromptError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from regionprompt.api import default_model_dir
+    from regionprompt.train.default_pipeline import run_default_pipeline
+
+    torch.set_num_threads(args.threads)
+    config = config_from_args(args)
+    install_to = args.install_to or (default_model_dir() if args.install else None)
+    command = "regionprompt " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None
+    result = run_default_pipeline(config, args.out, caches_dir=args.caches, install_to=install_to, half=not args.fp32,
+                                  command=command)
+    print(result.table(), end="")
+    summary = result.card.get("evaluation", {}).get("summary", {})
+    ap = ", ".join(f"{k} {100 * v:.1f}" for k, v in summary.items() if k in ("AP50", "AP50_base", "AP50_novel") and v is not None)
+    print(f"detector: {result.detector_dir} (model card {result.detector_dir / 'model_card.json'}); text-prompt {ap or 'AP50 -'}")
+    if result.installed is not None:
+        print(f"installed: {result.installed} (Detector.load('default'))" if args.install_to is None
+              else f"installed: {result.installed}")
+    return 0

@@ -1,0 +1,116 @@
+"""The recipe of the shipped default detector (``regionprompt train default``), and a tiny profile for tests.
+
+Every stage's settings are the config dataclass of that stage's own trainer, so the recipe reads like
+the commands it replaces::
+
+    regionprompt train clip --layout iconic --image-size 64 --steps 400 --batch-size 128 \\
+        --warmup-steps 30 --concept-negatives 256                     # teacher
+    regionprompt train rpn --steps 1000 --batch-size 8                # proposals
+    (zero-shot RegionCLIP detector: teacher + RPN)
+    regionprompt pseudo-label ... ; regionprompt train regions ...    # optional student (``student=True``)
+    regionprompt eval-detector --mode text                            # on a 100-image test build
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from regionprompt.detect.regionclip.zeroshot import ZeroShotConfig
+from regionprompt.errors import RegionPromptError
+from regionprompt.regionclip.pseudo_labels import PseudoLabelConfig
+from regionprompt.train.clip_pretrain import ClipPretrainConfig
+from regionprompt.train.regions import RegionPretrainConfig
+from regionprompt.train.rpn import RpnTrainConfig
+
+PROFILES = ("default", "fast")
+
+#: The teacher: iconic 64 px images (1-3 large objects each) make caption pretraining affordable on a CPU.
+TEACHER = ClipPretrainConfig(card="RN-tiny", text="clip", layout="iconic", image_size=64, steps=400, batch_size=128,
+                             warmup_steps=30, concept_negatives=256, checkpoint_every=50)
+RPN = RpnTrainConfig(steps=1000, batch_size=8)
+# 100 proposals: recall@0.5 83.5 % against 92.9 % at 300 (docs/results.md), for a third of the time per
+# image; region embedding, not the RPN, is what a CPU pays for. Input 224: with ground-truth boxes on 60
+# test images the iconic-64 teacher's AP50 over 1,177 names was 0.9 / 0.9 / 1.6 / 1.9 / 1.5 / 1.6 % at
+# 64 / 128 / 160 / 224 / 320 / 448 px (all near the floor; 224 the best of them).
+DETECTOR = ZeroShotConfig(max_proposals=100, input_size=224)
+
+
+@dataclass(frozen=True)
+class DefaultPipelineConfig:
+    """Everything ``regionprompt train default`` does (recorded in the model card).
+
+    The stage configs are those of the stage trainers; ``student`` switches the optional RegionCLIP
+    student (pseudo labels + region-text pretraining) on, after which the better of the two detectors by
+    AP50 on the evaluation build is kept.
+    """
+
+    profile: str = "default"  # "default" or "fast" (tiny, for tests); recorded, not interpreted
+    teacher: ClipPretrainConfig = TEACHER
+    rpn: RpnTrainConfig = RPN
+    detector: ZeroShotConfig = DETECTOR
+    student: bool = False  # also train the RegionCLIP student and keep the better detector
+    pseudo_label_scenes: int = 2000  # pretrain scenes (scene layout) pseudo-labelled for the student
+    pseudo_label_size: int = 320  # their side in pixels (the RPN's and the teacher's input)
+    pseudo_label_seed: int = 0  # EmojiWorld seed of those scenes
+    pseudo_label_pool: str = "teacher"  # "teacher": the teacher's caption-concept pool; "emojiworld" (oracle) or a pool file
+    pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    regions: RegionPretrainConfig = field(default_factory=RegionPretrainConfig)
+    eval_images: int = 100  # EmojiWorld test images of the evaluation build
+    eval_seed: int = 1  # its world seed
+    eval_max_detections: int = 100  # detections per image (and COCO maxDets)
+    eval_batch_size: int = 4  # images per predict call during evaluation
+    workers: int = 2  # processes rendering scenes
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.profile not in PROFILES:
+            problems.append(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        for name in ("pseudo_label_scenes", "eval_images", "eval_max_detections", "eval_batch_size", "workers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
+        if self.pseudo_label_size < 32 or self.pseudo_label_size % 32:
+            problems.append(f"pseudo label size must be a multiple of 32, got {self.pseudo_label_size}")
+        if self.teacher.image_size is None:
+            problems.append("the teacher recipe needs an explicit image_size (its scene cache is rendered at that size)")
+        if problems:
+            raise RegionPromptError("invalid default-model recipe: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (tuples become lists)."""
+        data = asdict(self)
+        data["detector"] = self.detector.to_dict()
+        return data
+
+
+def default_profile() -> DefaultPipelineConfig:
+    """The recipe of the shipped model."""
+    return DefaultPipelineConfig()
+
+
+def fast_profile() -> DefaultPipelineConfig:
+    """Every stage for real, at toy size: tiny scene counts, a few steps, 4 evaluation images (tests, smoke runs)."""
+    return DefaultPipelineConfig(
+        profile="fast",
+        teacher=replace(TEACHER, num_scenes=16, steps=6, batch_size=8, warmup_steps=2, lr=3e-3, checkpoint_every=5,
+                        concept_min_count=2, concept_negatives=32),
+        rpn=replace(RPN, image_size=96, width=8, fpn_channels=16, num_scenes=16, batch_size=4, steps=6, warmup_steps=2,
+                    lr=3e-3, checkpoint_every=5),
+        detector=ZeroShotConfig(max_proposals=20, input_size=96, templates="single"),
+        pseudo_label_scenes=8,
+        pseudo_label_size=96,
+        pseudo_labels=PseudoLabelConfig(max_proposals=10, top_k=3, templates="single", shard_images=4),
+        regions=RegionPretrainConfig(steps=4, batch_size=4, regions_per_image=3, warmup_steps=2, checkpoint_every=4),
+        eval_images=4,
+        eval_batch_size=2,
+        workers=1,
+    )
+
+
+def profile(name: str) -> DefaultPipelineConfig:
+    if name not in PROFILES:
+        raise RegionPromptError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return fast_profile() if name == "fast" else default_profile()
+
+
+__all__ = ["DETECTOR", "PROFILES", "RPN", "TEACHER", "DefaultPipelineConfig", "default_profile", "fast_profile", "profile"]
