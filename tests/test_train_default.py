@@ -67,7 +67,11 @@ def test_fast_pipeline_builds_every_stage(run):
 def test_install_writes_float16_weights_that_load_and_detect(run):
     installed = run / "installed"
     card = json.loads((installed / "model_card.json").read_text())
-    assert card["install"]["dtype"] == "float16" and card["install"]["float16_check"]["min_image_cosine"] > 0.999
+    install = card["install"]
+    # The fast teacher saw 48 captions: the test names' tokens are not among them, so the cut token
+    # embedding changes their prompt embeddings and plain float16 is kept instead.
+    assert install["storage"] == "float16" and install["rejected"]["compact"]["min_text_cosine"] < 0.999
+    assert install["check"]["min_image_cosine"] > 0.999 and install["check"]["min_text_cosine"] > 0.999
     with safe_open(str(installed / "clip" / "model.safetensors"), framework="pt") as handle:
         assert {handle.get_slice(k).get_dtype() for k in handle.keys()} <= {"F16", "I64"}  # noqa: SIM118
     source = json.loads((run / "run" / "detector" / "model_card.json").read_text())

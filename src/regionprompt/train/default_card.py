@@ -4,12 +4,13 @@
 trust the weights: architecture, the recipe of every training stage, wall time per stage, evaluation
 numbers, the model hash (:attr:`regionprompt.api.Detector.model_hash`) and the sha256 of every weights file.
 
-:func:`install_detector` copies a detector folder into ``regionprompt/models/default`` with float16
-weights: both model loaders (``load_checkpoint`` for CLIP, ``load_model_dir`` for the RPN) verify the
-weights against the hash in the card *as stored* and then ``load_state_dict`` into float32 modules, so a
-float16 file loads into an ordinary float32 model at half the size. The copy is checked against the
-float32 original (image / text embedding cosines, proposal boxes) and installed as float32 instead when
-the check fails.
+:func:`install_detector` copies a detector folder into ``regionprompt/models/default`` in the smallest
+storage that keeps its outputs (:data:`STORAGES`): float16, with the CLIP token embedding cut to the tokens
+of its training text when those texts are known (:mod:`regionprompt.vl.compact`). Both model loaders
+(``load_checkpoint`` for CLIP, ``load_model_dir`` for the RPN) verify the weights against the hash of the
+tensors as stored and ``load_state_dict`` them into float32 modules, so a float16 file loads into an
+ordinary float32 model. Each smaller storage is compared with the float32 original (image and prompt
+embedding cosines, proposal boxes) and the next larger one is used when it drifts.
 """
 
 from __future__ import annotations
@@ -167,35 +168,20 @@ def copy_detector(source: Path, target: Path) -> Path:
 
 @dataclass(frozen=True)
 class InstallReport:
-    """What :func:`install_detector` wrote: the folder, the dtype kept and the float16 check's numbers."""
+    """What :func:`install_detector` wrote: the folder, the storage kept, its check and the rejected ones."""
 
     target: Path
-    dtype: str
+    storage: str
     check: dict[str, float]
+    rejected: dict[str, dict[str, float]]
     model_hash: str
 
 
-def _card_type(part: str) -> type:
-    if part == "clip":
-        from regionprompt.vl.cards import ModelCard
-
-        return ModelCard
-    from regionprompt.detect.rpn import RpnCard
-
-    return RpnCard
-
-
-def _write_half(source: Path, target: Path, part: str) -> None:
-    """``source`` model folder -> ``target`` with float32 tensors stored as float16 (hash of the new file)."""
-    card, state = read_model_dir(source, _card_type(part), kind=part)
-    half = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
-    save_model_dir(target, half, card)
-
-
 def compare_detectors(reference: Any, candidate: Any, images: Sequence[Path], names: Sequence[str]) -> dict[str, float]:
-    """How far ``candidate`` (a :class:`~regionprompt.api.Detector`) is from ``reference`` on ``images``:
-    the smallest cosine of whole-image and text embeddings, and the mean best IoU of the reference's top
-    20 proposals among the candidate's."""
+    """How far ``candidate`` (a :class:`~regionprompt.api.Detector`) is from ``reference``: the smallest
+    cosine between their whole-image embeddings of ``images`` and between their prompt embeddings of
+    ``names`` (with the detector's templates), and the mean best IoU of the reference's top 20 proposals
+    among the candidate's."""
     from torchvision.ops import box_iou
 
     pictures = [load_image(p).image for p in images]
@@ -204,8 +190,7 @@ def compare_detectors(reference: Any, candidate: Any, images: Sequence[Path], na
     pixels = torch.stack([to_tensor(im.resize((size, size), Image.BILINEAR)) for im in pictures])
     with torch.no_grad():
         image_cos = (a.model.encode_image(pixels) * b.model.encode_image(pixels)).sum(-1).min()
-        text_a, text_b = a.model.text_encoder().encode_text(list(names)), b.model.text_encoder().encode_text(list(names))
-        text_cos = (text_a * text_b).sum(-1).min()
+        text_cos = (a.embedder.embed(list(names)) * b.embedder.embed(list(names))).sum(-1).min()
     check = {"min_image_cosine": float(image_cos), "min_text_cosine": float(text_cos)}
     if a.proposal_source is not None:
         ious = []
@@ -222,50 +207,85 @@ def check_passes(check: Mapping[str, float]) -> bool:
             and check.get("proposal_iou", 1.0) >= MIN_PROPOSAL_IOU)
 
 
-def install_detector(source: Path, target: Path, *, half: bool = True, check_images: Sequence[Path] = (),
-                     check_names: Sequence[str] = ("dog", "red apple", "bicycle")) -> InstallReport:
+def _write_storage(source: Path, staging: Path, header: Mapping[str, Any], storage: str,
+                   token_texts: Sequence[str] | None) -> None:
+    """``source`` detector folder -> ``staging`` with its weights stored as ``storage`` (:data:`STORAGES`)."""
+    from regionprompt.detect.rpn import RpnCard
+    from regionprompt.vl.cards import ModelCard
+
+    if storage == "float32":
+        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(MODEL_CARD_FILE))
+        return
+    staging.mkdir(parents=True)
+    shutil.copy2(source / DETECTOR_FILE, staging / DETECTOR_FILE)
+    clip_dir = header["clip"]
+    if storage == "compact":
+        from regionprompt.vl.clip_model import RegionPromptCLIP
+        from regionprompt.vl.compact import keep_learnt_tokens, save_compact
+
+        clip = RegionPromptCLIP.load(source / clip_dir)
+        keep_learnt_tokens(clip, token_texts or ())
+        save_compact(clip, staging / clip_dir)
+    else:
+        card, state = read_model_dir(source / clip_dir, ModelCard, kind="CLIP")
+        save_model_dir(staging / clip_dir, state, card, dtype=torch.float16)
+    if header.get("rpn") is not None:
+        card, state = read_model_dir(source / header["rpn"], RpnCard, kind="RPN")
+        save_model_dir(staging / header["rpn"], state, card, dtype=torch.float16)
+
+
+#: Ways to store the weights, smallest first: float16 with the CLIP token embedding cut to the tokens of
+#: the training text (:mod:`regionprompt.vl.compact`), plain float16, float32.
+STORAGES = ("compact", "float16", "float32")
+
+
+def install_detector(source: Path, target: Path, *, half: bool = True, token_texts: Sequence[str] | None = None,
+                     check_images: Sequence[Path] = (), check_names: Sequence[str] = ()) -> InstallReport:
     """Install the detector folder ``source`` (with its ``model_card.json``) as ``target``.
 
-    With ``half``, weights are stored as float16 when the copy passes :func:`compare_detectors` on
-    ``check_images`` (at least one image needed); otherwise as float32. The model card of the copy records
-    the dtype, the check and the new model hash (that of the stored weights). The folder is assembled beside
-    ``target`` and moved into place at the end.
+    With ``half``, the smallest storage of :data:`STORAGES` whose detector passes :func:`compare_detectors`
+    against the float32 original on ``check_images`` and ``check_names`` is kept (``compact`` is tried only
+    when ``token_texts``, the texts the CLIP text tower was trained on, are given); otherwise float32. Both
+    model loaders verify weights against the hash of the tensors as stored and load them into float32
+    modules. The card of the copy records the storage, the check and the model hash of the stored weights.
+    The folder is assembled beside ``target`` and moved into place at the end.
     """
     from regionprompt.api import Detector
 
     source, target = Path(source), Path(target)
     header = read_json(source / DETECTOR_FILE)
+    if half and not (check_images and check_names):
+        raise CheckpointError("a float16 install needs check images and names to compare against the float32 detector")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.installing"
-    if staging.exists():
-        shutil.rmtree(staging)
-    dtype, check = "float32", {}
-    if half:
-        if not check_images:
-            raise CheckpointError("a float16 install needs check images to compare against the float32 detector")
-        staging.mkdir(parents=True)
-        for part in MODEL_PARTS:
-            if header.get(part) is not None:
-                _write_half(source / header[part], staging / header[part], part)
-        shutil.copy2(source / DETECTOR_FILE, staging / DETECTOR_FILE)
-        check = compare_detectors(Detector.load(source, cache=None), Detector.load(staging, cache=None),
-                                  check_images, check_names)
-        if check_passes(check):
-            dtype = "float16"
-        else:
+    tried = [s for s in STORAGES if (s != "compact" or token_texts is not None) and (half or s == "float32")]
+    reference = Detector.load(source, cache=None) if half else None
+    rejected: dict[str, dict[str, float]] = {}
+    check: dict[str, float] = {}
+    for storage in tried:
+        if staging.exists():
             shutil.rmtree(staging)
-    if dtype == "float32":
-        shutil.copytree(source, staging, ignore=shutil.ignore_patterns(MODEL_CARD_FILE))
+        _write_storage(source, staging, header, storage, token_texts)
+        if storage == "float32":
+            check = {}
+            break
+        check = compare_detectors(reference, Detector.load(staging, cache=None), check_images, check_names)
+        if check_passes(check):
+            break
+        rejected[storage] = check
     card = read_json(source / MODEL_CARD_FILE) if (source / MODEL_CARD_FILE).is_file() else {}
     installed = Detector.load(staging, cache=None)  # the loader must accept what we ship
     card.update(
         model_hash=installed.model_hash,
         weights=weights_summary(staging),
-        install={"dtype": dtype, "float16_check": check, "source": str(source),
+        install={"storage": storage, "check": check, "rejected": rejected, "source": str(source),
                  "source_model_hash": read_json(source / header["clip"] / CARD_FILE).get("weights_hash"),
+                 "check_images": len(check_images), "check_names": len(check_names),
                  "thresholds": {"min_embedding_cosine": MIN_EMBEDDING_COSINE, "min_proposal_iou": MIN_PROPOSAL_IOU}},
     )
     write_model_card(staging, card)
+    for path in staging.rglob("*"):  # temp files are created private; a shipped model is world-readable
+        path.chmod(0o755 if path.is_dir() else 0o644)
     if target.exists():
         # Files of the old folder that are not part of a detector (e.g. a README) stay.
         managed = {DETECTOR_FILE, MODEL_CARD_FILE, *(str(header[p]) for p in MODEL_PARTS if header.get(p))}
@@ -274,8 +294,8 @@ def install_detector(source: Path, target: Path, *, half: bool = True, check_ima
                 shutil.move(str(entry), staging / entry.name)
         shutil.rmtree(target)
     staging.rename(target)
-    return InstallReport(target, dtype, check, installed.model_hash)
+    return InstallReport(target, storage, check, rejected, installed.model_hash)
 
 
-__all__ = ["MODEL_CARD_FILE", "InstallReport", "architecture", "build_model_card", "compare_detectors",
+__all__ = ["MODEL_CARD_FILE", "STORAGES", "InstallReport", "architecture", "build_model_card", "compare_detectors",
            "copy_detector", "install_detector", "weights_summary", "write_model_card"]

@@ -455,16 +455,35 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         began = time.perf_counter()
         gt = read_json(world_test / "annotations.json")
         images = [world_test / "images" / im["file_name"] for im in gt["images"][:2]]
-        names = sorted({c["name"] for c in gt["categories"]})[:16]
+        names_by_id = {c["id"]: c["name"] for c in gt["categories"]}
+        present = sorted({names_by_id[a["category_id"]] for a in gt["annotations"]})
+        texts = training_texts(config, paths, specs["teacher"]) if config.teacher.text == "clip" else None
         with torch.no_grad():
-            report = install_detector(paths.detector, Path(install_to), half=half, check_images=images, check_names=names)
+            report = install_detector(paths.detector, Path(install_to), half=half, token_texts=texts,
+                                      check_images=images, check_names=present)
         installed = report.target
+        seconds = time.perf_counter() - began
         check = ", ".join(f"{k} {v:.4f}" for k, v in report.check.items())
-        reports.append(StageReport("install", "ran", time.perf_counter() - began, time.perf_counter() - began,
-                                   str(installed), f"{report.dtype}" + (f" ({check})" if check else "")))
+        reports.append(StageReport("install", "ran", seconds, seconds, str(installed),
+                                   report.storage + (f" ({check})" if check else "")))
     else:
         off("install")
     return PipelineResult(out, paths.detector, tuple(reports), card, installed)
+
+
+def training_texts(config: DefaultPipelineConfig, paths: PipelinePaths, spec: SceneCacheSpec) -> list[str]:
+    """Every text the teacher's CLIP text tower was trained on: the captions of its scenes and the
+    caption-concept phrases in each prompt template (what :func:`~regionprompt.vl.compact.keep_learnt_tokens`
+    keeps), plus the pool in the detector's own templates."""
+    from regionprompt.vl.templates import EMOJI_TEMPLATES, fill
+
+    texts = [caption for record in SceneCache(paths.cache(spec)).records for caption in record["captions"]]
+    pool_path = paths.teacher / "concept_pool.json"
+    if pool_path.is_file():
+        pool = [c["name"] for c in read_json(pool_path).get("concepts", [])]
+        texts += [template.format(name) for template in EMOJI_TEMPLATES for name in pool]
+        texts += [text for name in pool for text in fill(config.detector.templates, name)]
+    return texts
 
 
 def _pct(value: Any) -> str:
