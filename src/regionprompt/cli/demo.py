@@ -362,14 +362,23 @@ def _print_table(rows: Sequence[Mapping[str, Any]], ap50: Mapping[str, float | N
           f"novel {_pct(ap50['novel'])}")
 
 
+def _model_card(model_dir: Path) -> dict[str, Any]:
+    """The folder's ``model_card.json`` (written by ``regionprompt train default``), or ``{}``."""
+    try:
+        card = json.loads((model_dir / "model_card.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
 def _summary_markdown(detector: Any, model_dir: Path, args: argparse.Namespace, rows: Sequence[Mapping[str, Any]],
                       ap50: Mapping[str, float | None], report: Any, seconds: float) -> str:
-    card_path = model_dir / "model_card.json"
-    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
+    card = _model_card(model_dir)
+    description = card.get("description") if isinstance(card.get("description"), str) else ""
     lines = [
         "# RegionPrompt demo",
         "",
-        f"Model: `{model_dir}` (model hash {detector.model_hash[:12]})." + (f" {card['description']}" if card.get("description") else ""),
+        f"Model: `{model_dir}` (model hash {detector.model_hash[:12]})." + (f" {description}" if description else ""),
         (f"Scenes: {len(rows)} EmojiWorld test scenes, seed {args.seed} (`scenes/`); up to "
          f"{detector.config.max_proposals} proposals per image; {seconds:.0f} s in all."),
         "",
@@ -390,9 +399,10 @@ def _summary_markdown(detector: Any, model_dir: Path, args: argparse.Namespace, 
         ("Each scene was searched for the names present plus the distractors only, an easier protocol than the "
          "model card's (every image searched for all 1,177 names: `regionprompt eval-detector --mode text`)."),
     ]
-    official = card.get("evaluation", {}).get("summary", {})
+    evaluation = card.get("evaluation") if isinstance(card.get("evaluation"), dict) else {}
+    official = evaluation.get("summary") if isinstance(evaluation.get("summary"), dict) else {}
     if official:
-        lines += ["", (f"Model card ({card['evaluation'].get('data', '')}): AP50 all {_pct(official.get('AP50'))}, "
+        lines += ["", (f"Model card ({evaluation.get('data', '')}): AP50 all {_pct(official.get('AP50'))}, "
                        f"base {_pct(official.get('AP50_base'))}, novel {_pct(official.get('AP50_novel'))}.")]
     lines += ["", "## Per scene", "",
               f"found = objects hit by a detection of their name scoring >= {args.threshold} at IoU >= 0.5.", "",
