@@ -151,7 +151,15 @@ def test_build_prompts_forms():
     assert prompts[2].label == "object" and prompts[5].label is None
 
 
-def test_load_errors(folder, tmp_path):
+def test_default_model_ships_with_the_package():
+    detector = Detector.load("default", cache=None)
+    assert len(detector.model_hash) == 64
+
+
+def test_load_errors(folder, tmp_path, monkeypatch):
+    import regionprompt.api
+
+    monkeypatch.setattr(regionprompt.api, "default_model_dir", lambda: tmp_path / "not-installed")
     with pytest.raises(CheckpointError, match="default model is not installed"):
         Detector.load("default")
     with pytest.raises(CheckpointError, match="no such detector folder"):
