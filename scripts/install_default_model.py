@@ -17,18 +17,12 @@ from pathlib import Path
 
 from regionprompt.api import default_model_dir
 from regionprompt.data.files import atomic_write_text
-from regionprompt.train.scene_cache import SceneCache
 from regionprompt.vl.checkpoints import load_checkpoint
-from regionprompt.vl.compact import keep_learnt_tokens, save_compact
-from regionprompt.vl.templates import get_template_set
-
-
-def training_texts(run: Path, cache: Path) -> list[str]:
-    """Every text the teacher trained on: its captions and its concept pool in the ``emoji`` templates."""
-    texts = [caption for record in SceneCache(cache).records for caption in record["captions"]]
-    pool = json.loads((run / "concept_pool.json").read_text())["concepts"]
-    texts.extend(t.format(c["name"]) for t in get_template_set("emoji").templates for c in pool)
-    return texts
+from regionprompt.vl.compact import (
+    keep_learnt_tokens,
+    save_compact,
+    teacher_training_texts,
+)
 
 
 def main() -> None:
@@ -43,7 +37,7 @@ def main() -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     clip = load_checkpoint(args.detector / "clip")
-    kept = keep_learnt_tokens(clip, training_texts(args.teacher_run, args.cache))
+    kept = keep_learnt_tokens(clip, teacher_training_texts(args.cache, args.teacher_run / "concept_pool.json"))
     save_compact(clip, out / "clip")
     shutil.copytree(args.detector / "rpn", out / "rpn")
     shutil.copy2(args.detector / "detector.json", out / "detector.json")

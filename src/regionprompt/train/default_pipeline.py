@@ -475,13 +475,13 @@ def training_texts(config: DefaultPipelineConfig, paths: PipelinePaths, spec: Sc
     """Every text the teacher's CLIP text tower was trained on: the captions of its scenes and the
     caption-concept phrases in each prompt template (what :func:`~regionprompt.vl.compact.keep_learnt_tokens`
     keeps), plus the pool in the detector's own templates."""
-    from regionprompt.vl.templates import EMOJI_TEMPLATES, fill
+    from regionprompt.vl.compact import teacher_training_texts
+    from regionprompt.vl.templates import fill
 
-    texts = [caption for record in SceneCache(paths.cache(spec)).records for caption in record["captions"]]
     pool_path = paths.teacher / "concept_pool.json"
+    texts = teacher_training_texts(paths.cache(spec), pool_path)
     if pool_path.is_file():
         pool = [c["name"] for c in read_json(pool_path).get("concepts", [])]
-        texts += [template.format(name) for template in EMOJI_TEMPLATES for name in pool]
         texts += [text for name in pool for text in fill(config.detector.templates, name)]
     return texts
 

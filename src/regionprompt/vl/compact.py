@@ -9,6 +9,7 @@ a zero vector instead of a random one: equally meaningless, and deterministic.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,8 +17,22 @@ import torch
 
 from regionprompt.model_dir import save_model_dir
 from regionprompt.vl.clip_model import RegionPromptCLIP
+from regionprompt.vl.templates import EMOJI_TEMPLATES
 
 TOKEN_EMBEDDING = "token_embedding.weight"
+
+
+def teacher_training_texts(cache_dir: str | Path, pool_path: str | Path) -> list[str]:
+    """Every text ``regionprompt train clip`` showed the text tower: the captions of its scene cache and,
+    when it wrote a caption-concept pool, each pool phrase in each ``emoji`` template."""
+    from regionprompt.train.scene_cache import SceneCache
+
+    texts = [caption for record in SceneCache(cache_dir).records for caption in record["captions"]]
+    pool_path = Path(pool_path)
+    if pool_path.is_file():
+        pool = [c["name"] for c in json.loads(pool_path.read_text()).get("concepts", [])]
+        texts += [template.format(name) for template in EMOJI_TEMPLATES for name in pool]
+    return texts
 
 
 @torch.no_grad()
