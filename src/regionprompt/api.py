@@ -8,7 +8,14 @@ A detector folder::
     rpn/            the ProposalNetwork (model.safetensors + card.json); "rpn": null for a detector
                     that only classifies boxes it is given (``proposals=``)
 
-``Detector.load("default")`` reads the folder shipped inside the package (``regionprompt/models/default``).
+or, for a T-Rex2 detector (``regionprompt train detector --arch trex2``)::
+
+    detector.json   {"kind": "trex2", "format_version": 1, "model": "trex2", "config": {...TRex2DetectConfig...}}
+    trex2/          the TRex2 model (model.safetensors + card.json): backbone, prompt encoders, decoder
+
+``A bare T-Rex2 model folder (``OUT/model`` of ``regionprompt train detector --arch trex2``) loads too, with
+the default :class:`TRex2DetectConfig`. ``Detector.load("default")`` reads the folder shipped inside the
+package (``regionprompt/models/default``).
 
 Example::
 
@@ -22,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,7 @@ from regionprompt.concept import PromptConcept
 from regionprompt.data.files import atomic_write_text, dump_json, is_safe_relative
 from regionprompt.detect.proposals import ProposalSource
 from regionprompt.detect.regionclip.zeroshot import ZeroShotConfig, ZeroShotDetector
+from regionprompt.detect.trex2_engine import TRex2DetectConfig, TRex2Engine
 from regionprompt.errors import CheckpointError, PromptError, RegionPromptError
 from regionprompt.prompts import (
     BoxPrompt,
@@ -49,6 +57,7 @@ from regionprompt.vl.embeddings import EmbeddingCache
 
 DETECTOR_FILE = "detector.json"
 DETECTOR_KIND = "regionclip-zeroshot"
+TREX2_KIND = "trex2"
 FORMAT_VERSION = 1
 DEFAULT_VISUAL_LABEL = "object"
 
@@ -156,19 +165,21 @@ class Detector:
     """Open-vocabulary detection with text, visual (box / point) and mixed prompts.
 
     Args:
-        engine: the zero-shot RegionCLIP detector doing the work.
+        engine: what does the work: a zero-shot RegionCLIP detector (:class:`ZeroShotDetector`) or a
+            T-Rex2 detector (:class:`TRex2Engine`).
         source: where it was loaded from (for messages and ``repr``).
         concept_library: resolves concept names in ``predict(concepts=[...])`` (an object with
             ``get(name) -> PromptConcept``); ``None``: the default library, opened when first needed.
     """
 
-    def __init__(self, engine: ZeroShotDetector, *, source: str = "<memory>", concept_library: Any = None) -> None:
+    def __init__(self, engine: ZeroShotDetector | TRex2Engine, *, source: str = "<memory>",
+                 concept_library: Any = None) -> None:
         self.engine = engine
         self.source = source
         self._concept_library = concept_library
 
     def __repr__(self) -> str:
-        return f"Detector(source={self.source!r}, model_hash={self.model_hash[:12]!r})"
+        return f"Detector(kind={self.kind!r}, source={self.source!r}, model_hash={self.model_hash[:12]!r})"
 
     # ---- construction ----------------------------------------------------------------------------
 
@@ -177,6 +188,29 @@ class Detector:
                     *, cache: EmbeddingCache | None = None, concept_library: Any = None) -> Detector:
         """A detector from models in memory (``rpn=None``: classify given boxes only)."""
         return cls(ZeroShotDetector(clip, rpn, config, cache=cache), concept_library=concept_library)
+
+    @classmethod
+    def from_trex2(cls, model: Any, config: TRex2DetectConfig | None = None, *, cache: EmbeddingCache | None = None,
+                   concept_library: Any = None) -> Detector:
+        """A detector from a :class:`~regionprompt.trex2.model.TRex2` in memory."""
+        return cls(TRex2Engine(model, config, cache=cache), concept_library=concept_library)
+
+    @property
+    def kind(self) -> str:
+        """``"regionclip-zeroshot"`` or ``"trex2"``."""
+        return TREX2_KIND if isinstance(self.engine, TRex2Engine) else DETECTOR_KIND
+
+    def reconfigure(self, **changes: Any) -> Detector:
+        """The same models with some settings changed (fields of this detector kind's config; others
+        are ignored, so one call can serve both kinds)."""
+        if isinstance(self.engine, TRex2Engine):
+            engine: ZeroShotDetector | TRex2Engine = self.engine.reconfigure(**changes)
+        else:
+            known = {f.name for f in fields(ZeroShotConfig)}
+            config = replace(self.engine.config, **{k: v for k, v in changes.items() if k in known})
+            engine = ZeroShotDetector(self.engine.model, self.engine.proposal_source, config,
+                                      cache=self.engine.embedder.cache)
+        return Detector(engine, source=self.source, concept_library=self._concept_library)
 
     @classmethod
     def load(cls, source: str | os.PathLike = "default", *, device: str | torch.device = "cpu",
@@ -203,20 +237,40 @@ class Detector:
                 )
         else:
             folder = Path(source)
-        clip, rpn, config = read_detector_folder(folder)
-        clip = clip.to(device)
-        if isinstance(rpn, torch.nn.Module):
-            rpn = rpn.to(device)
         if cache == "default":
             cache = EmbeddingCache()
         elif isinstance(cache, (str, os.PathLike)):
             cache = EmbeddingCache(cache)
-        engine = ZeroShotDetector(clip, rpn, config, cache=cache)
+        if _is_trex2_model_folder(folder):
+            # A bare T-Rex2 model folder (what `train detector --arch trex2` writes): default settings.
+            from regionprompt.trex2.model import TRex2
+
+            engine_: TRex2Engine = TRex2Engine(TRex2.load(folder).to(device), cache=cache)
+            return cls(engine_, source=str(folder), concept_library=concept_library)
+        header = read_detector_header(folder)
+        if header["kind"] == TREX2_KIND:
+            model, trex2_config = read_trex2_folder(folder, header)
+            engine: ZeroShotDetector | TRex2Engine = TRex2Engine(model.to(device), trex2_config, cache=cache)
+        else:
+            clip, rpn, config = read_detector_folder(folder)
+            clip = clip.to(device)
+            if isinstance(rpn, torch.nn.Module):
+                rpn = rpn.to(device)
+            engine = ZeroShotDetector(clip, rpn, config, cache=cache)
         return cls(engine, source=str(folder), concept_library=concept_library)
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write this detector as a folder :meth:`load` reads; returns ``directory``."""
+    def save(self, directory: str | os.PathLike, *, compact: bool = False) -> Path:
+        """Write this detector as a folder :meth:`load` reads; returns ``directory``.
+
+        ``compact`` (T-Rex2 detectors): float16 weights with a row-sparse token embedding -- the form the
+        shipped default model uses; the model hash then changes, so make concepts after reloading.
+        """
         directory = Path(directory)
+        if isinstance(self.engine, TRex2Engine):
+            header = {**self.engine.save(directory, compact=compact), "format_version": FORMAT_VERSION}
+            atomic_write_text(directory / DETECTOR_FILE, dump_json(header, indent=2))
+            self.source = str(directory)
+            return directory
         self.engine.model.save(directory / "clip")
         rpn = self.engine.proposal_source
         if rpn is not None:
@@ -233,11 +287,11 @@ class Detector:
 
     @property
     def model_hash(self) -> str:
-        """sha256 of the CLIP weights: everything an embedding depends on (concepts carry it)."""
+        """sha256 of the weights every embedding depends on (concepts carry it)."""
         return self.engine.model_hash
 
     @property
-    def config(self) -> ZeroShotConfig:
+    def config(self) -> ZeroShotConfig | TRex2DetectConfig:
         return self.engine.config
 
     # ---- prompts ---------------------------------------------------------------------------------
@@ -343,47 +397,84 @@ class Detector:
     __call__ = predict
 
 
-def read_detector_folder(folder: Path) -> tuple[RegionPromptCLIP, ProposalSource | None, ZeroShotConfig]:
-    """The CLIP model, proposal network (or ``None``) and config of a detector folder.
+def _is_trex2_model_folder(folder: Path) -> bool:
+    """A folder holding a T-Rex2 ``card.json`` and no ``detector.json``."""
+    from regionprompt.model_dir import CARD_FILE
+
+    if (folder / DETECTOR_FILE).exists() or not (folder / CARD_FILE).is_file():
+        return False
+    try:
+        card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(card, dict) and "num_queries" in card and "clip" in card
+
+
+def read_detector_header(folder: Path) -> dict[str, Any]:
+    """The checked ``detector.json`` of a detector folder.
 
     Raises:
-        CheckpointError: anything missing or malformed, naming the file.
+        CheckpointError: no folder, no or invalid JSON, an unknown kind or format version.
     """
     header_path = folder / DETECTOR_FILE
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such detector folder (expected {DETECTOR_FILE} + clip/ + rpn/)")
+        raise CheckpointError(f"{folder}: no such detector folder (expected {DETECTOR_FILE} and the model folders)")
     if not header_path.is_file():
         raise CheckpointError(f"{folder}: not a detector folder (no {DETECTOR_FILE})")
     try:
         header = json.loads(header_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{header_path}: not valid JSON ({exc})") from None
-    if not isinstance(header, dict) or header.get("kind") != DETECTOR_KIND:
+    if not isinstance(header, dict) or header.get("kind") not in (DETECTOR_KIND, TREX2_KIND):
         kind = header.get("kind") if isinstance(header, dict) else None
-        raise CheckpointError(f"{header_path}: detector kind {kind!r} is not supported (expected {DETECTOR_KIND!r})")
+        raise CheckpointError(f"{header_path}: detector kind {kind!r} is not supported "
+                              f"(expected {DETECTOR_KIND!r} or {TREX2_KIND!r})")
     if header.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{header_path}: format_version {header.get('format_version')!r} is not supported "
                               f"(this RegionPrompt reads {FORMAT_VERSION})")
+    return header
+
+
+def _sub_folder(folder: Path, header: Mapping[str, Any], key: str) -> Path:
+    name = header.get(key)
+    if not isinstance(name, str) or not is_safe_relative(name):
+        raise CheckpointError(f"{folder / DETECTOR_FILE}: {key!r} must name a sub-folder, got {name!r}")
+    return folder / name
+
+
+def read_trex2_folder(folder: Path, header: Mapping[str, Any]) -> tuple[Any, TRex2DetectConfig]:
+    """The T-Rex2 model and detection config of a ``"trex2"`` detector folder."""
+    from regionprompt.trex2.model import TRex2
+
+    try:
+        config = TRex2DetectConfig.from_dict(dict(header.get("config") or {}))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{folder / DETECTOR_FILE}: {exc}") from None
+    return TRex2.load(_sub_folder(folder, header, "model")), config
+
+
+def read_detector_folder(folder: Path) -> tuple[RegionPromptCLIP, ProposalSource | None, ZeroShotConfig]:
+    """The CLIP model, proposal network (or ``None``) and config of a RegionCLIP detector folder.
+
+    Raises:
+        CheckpointError: anything missing or malformed, naming the file.
+    """
+    header_path = folder / DETECTOR_FILE
+    header = read_detector_header(folder)
+    if header["kind"] != DETECTOR_KIND:
+        raise CheckpointError(f"{header_path}: a {header['kind']!r} detector, not {DETECTOR_KIND!r}")
     try:
         config = ZeroShotConfig.from_dict(dict(header.get("config") or {}))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{header_path}: {exc}") from None
-    parts = {}
-    for key in ("clip", "rpn"):
-        name = header.get(key)
-        if name is None and key == "rpn":
-            parts[key] = None
-            continue
-        if not isinstance(name, str) or not is_safe_relative(name):
-            raise CheckpointError(f"{header_path}: {key!r} must name a sub-folder, got {name!r}")
-        parts[key] = folder / name
-    clip = RegionPromptCLIP.load(parts["clip"])
+    clip = RegionPromptCLIP.load(_sub_folder(folder, header, "clip"))
     rpn = None
-    if parts["rpn"] is not None:
+    if header.get("rpn") is not None:
         from regionprompt.detect.rpn import ProposalNetwork
 
-        rpn = ProposalNetwork.load(parts["rpn"])
+        rpn = ProposalNetwork.load(_sub_folder(folder, header, "rpn"))
     return clip, rpn, config
 
 
-__all__ = ["DETECTOR_FILE", "DETECTOR_KIND", "Detector", "build_prompts", "default_model_dir", "read_detector_folder"]
+__all__ = ["DETECTOR_FILE", "DETECTOR_KIND", "TREX2_KIND", "Detector", "build_prompts", "default_model_dir",
+           "read_detector_folder", "read_detector_header", "read_trex2_folder"]

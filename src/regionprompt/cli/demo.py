@@ -269,17 +269,9 @@ def _model_dir(args: argparse.Namespace) -> Path:
 
 def _capped(detector: Any, max_proposals: int) -> Any:
     """``detector`` asking for at most ``max_proposals`` proposals per image (same models and cache)."""
-    from dataclasses import replace
-
-    from regionprompt.api import Detector
-
-    if detector.config.max_proposals <= max_proposals:
+    if getattr(detector.config, "max_proposals", 0) <= max_proposals:
         return detector
-    engine = detector.engine
-    capped = Detector.from_models(engine.model, engine.proposal_source, replace(detector.config, max_proposals=max_proposals),
-                                  cache=engine.embedder.cache)
-    capped.source = detector.source
-    return capped
+    return detector.reconfigure(max_proposals=max_proposals)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -379,8 +371,10 @@ def _summary_markdown(detector: Any, model_dir: Path, args: argparse.Namespace, 
         "# RegionPrompt demo",
         "",
         f"Model: `{model_dir}` (model hash {detector.model_hash[:12]})." + (f" {description}" if description else ""),
-        (f"Scenes: {len(rows)} EmojiWorld test scenes, seed {args.seed} (`scenes/`); up to "
-         f"{detector.config.max_proposals} proposals per image; {seconds:.0f} s in all."),
+        (f"Scenes: {len(rows)} EmojiWorld test scenes, seed {args.seed} (`scenes/`); "
+         + (f"up to {detector.config.max_proposals} proposals per image; " if detector.kind != "trex2"
+            else "a T-Rex2 detector; ")
+         + f"{seconds:.0f} s in all."),
         "",
         f"What ran on every scene (drawn: detections scoring at least {args.threshold}; panels left to right, top to bottom):",
         "",

@@ -146,12 +146,8 @@ def _pct(value: float | None) -> str:
 def configure(detector: Detector, *, background: str, max_detections: int) -> Detector:
     """``detector`` with the evaluation's background mode and detection cap (the same object when they
     already match; otherwise a detector sharing its models and embedding cache)."""
-    config = detector.config
-    wanted = replace(config, background=background, max_detections=max_detections)
-    if wanted == config:
-        return detector
-    engine = detector.engine
-    return Detector.from_models(engine.model, engine.proposal_source, wanted, cache=engine.embedder.cache)
+    configured = detector.reconfigure(background=background, max_detections=max_detections)
+    return detector if configured.config == detector.config else configured
 
 
 def proposals_for(images: Sequence[EvalImage], config: DetectorEvalConfig) -> list[Any] | None:
@@ -312,7 +308,9 @@ def evaluate_detector(detector: Detector, gt: str | Path, config: DetectorEvalCo
     """
     config = config or DetectorEvalConfig()
     start = time.perf_counter()
-    if config.proposals == "rpn" and detector.engine.proposal_source is None:
+    if detector.kind == "trex2" and config.proposals == "gt":
+        raise EvaluationError("a T-Rex2 detector finds its own boxes: evaluate it with proposals 'rpn' (its own)")
+    if config.proposals == "rpn" and detector.kind != "trex2" and detector.engine.proposal_source is None:
         raise EvaluationError(f"detector {detector.source} has no proposal network: use proposals 'gt'")
     needs_exemplars = config.mode == "visual-generic" or (config.mode == "negatives" and config.negative_kind == "visual")
     if needs_exemplars and exemplars is None:
@@ -326,7 +324,7 @@ def evaluate_detector(detector: Detector, gt: str | Path, config: DetectorEvalCo
         "mode": config.mode, "proposals": config.proposals, "background": config.resolved_background,
         "max_detections": config.max_detections, "threshold": config.threshold, "images": len(data.images),
         "gt": data.source, "model": detector.source, "model_hash": detector.model_hash,
-        "max_proposals": tuned.config.max_proposals, "seed": config.seed,
+        "max_proposals": getattr(tuned.config, "max_proposals", None), "seed": config.seed,
     }
     if config.mode == "visual-generic" or needs_exemplars:
         settings.update(exemplars=exemplar_set.source, exemplar_images=config.exemplar_images)

@@ -192,7 +192,7 @@ def create_app(detector: DetectorLike, library: ConceptLibrary, settings: Server
     @app.get("/models", summary="The loaded model")
     async def models() -> dict[str, Any]:
         entry = {"name": settings.model_name, "model_hash": detector.model_hash, "loaded": True,
-                 "description": repr(detector)}
+                 "kind": detector.kind, "description": repr(detector)}
         return {"models": [entry], "active": detector.model_hash}
 
     @app.get("/settings", summary="The server's limits")

@@ -204,12 +204,15 @@ class TRex2(nn.Module):
     # ---- detection ---------------------------------------------------------------------------------
 
     def forward(self, encoded: EncodedImages, prompts: torch.Tensor,
-                denoising: DenoisingQueries | None = None) -> TRex2Output:
+                denoising: DenoisingQueries | None = None, *, select_with: int | None = None) -> TRex2Output:
         """Encoded images + ``(K, D)`` prompt embeddings -> predictions of every stage (for training).
 
-        The same prompts are scored on every image of the batch.
+        The same prompts are scored on every image of the batch. ``select_with``: only the first that many
+        prompts pick the queries (negative prompts are scored but must not draw queries to themselves);
+        the encoder predictions then cover those columns only.
         """
-        selected, reference = self.query_selection(encoded, prompts, self.card.num_queries)
+        selecting = prompts if select_with is None else prompts[:select_with]
+        selected, reference = self.query_selection(encoded, selecting, self.card.num_queries)
         matching, noised = self.decoder(encoded, prompts, reference, denoising)
         layout = denoising.layout if denoising is not None else None
         return TRex2Output(tuple(matching), selected, tuple(noised), layout)

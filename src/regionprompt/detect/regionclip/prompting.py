@@ -149,7 +149,7 @@ class CompiledPrompts:
     visual_sources: dict[int, dict[str, Any]]
 
 
-class _ImageKeys:
+class ImageKeys:
     """Groups prompts by the image they were drawn on: paths by value, other sources by identity."""
 
     def __init__(self) -> None:
@@ -164,7 +164,7 @@ class _ImageKeys:
         return self.keys[key]
 
 
-def _load(source: Any) -> LoadedImage:
+def load_source(source: Any) -> LoadedImage:
     if isinstance(source, LoadedImage):
         return source
     return load_image(source)
@@ -200,14 +200,14 @@ class PromptCompiler:
 
     def generic_visuals(self, prompts: Sequence[VisualPrompt]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
         """Embeddings ``(D,)`` and source records of exemplars drawn on other images, in prompt order."""
-        keys = _ImageKeys()
+        keys = ImageKeys()
         by_image: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
             by_image.setdefault(keys.index(prompt.image), []).append(i)
         out: list[torch.Tensor | None] = [None] * len(prompts)
         records: list[dict[str, Any]] = [{} for _ in prompts]
         for image_index, members in by_image.items():
-            loaded = _load(keys.sources[image_index])
+            loaded = load_source(keys.sources[image_index])
             fingerprint = image_fingerprint(loaded.image)
             proposals = None
             if self.propose is not None and any(isinstance(prompts[i], PointPrompt) for i in members):
@@ -217,7 +217,7 @@ class PromptCompiler:
                 prompt = prompts[i]
                 prompt.check_inside(loaded.wh)
                 boxes.append(self.prompt_box(prompt, loaded.wh, proposals))
-                records[i] = _source_record(prompt, loaded.name, fingerprint)
+                records[i] = source_record(prompt, loaded.name, fingerprint)
             embedded = self.embed_regions(loaded.image, torch.stack(boxes))
             for i, vector in zip(members, embedded):
                 out[i] = vector
@@ -293,27 +293,40 @@ class PromptCompiler:
         Raises:
             PromptError: an exemplar drawn on "the searched image" (a concept has no searched image).
         """
-        for category in categories:
-            for prompt in (*category.visuals, *category.negatives):
-                if isinstance(prompt, (BoxPrompt, PointPrompt)) and prompt.image is None:
-                    raise PromptError(f"concept {category.name!r}: visual prompts of a concept need the image they "
-                                      "were drawn on (pass prompt_images)")
+        check_concept_prompts(categories)
         compiled = self.compile(categories)
         none = torch.zeros(0, self.dim)
         out = []
         for category, recipe in zip(categories, compiled.recipes):
             embedding, negatives = recipe.finish(none, none)
-            sources = [{"kind": TEXT_KIND, "text": t.text} for t in category.texts]
-            sources += [compiled.visual_sources[id(v)] for v in category.visuals]
-            for n in category.negatives:
-                sources.append({"kind": TEXT_KIND, "text": n.text, "negative": True} if isinstance(n, TextPrompt)
-                               else {**compiled.visual_sources[id(n)], "negative": True})
             out.append(PromptConcept(name=category.name, embedding=embedding.clone(), model_hash=model_hash,
-                                     negatives=negatives.clone(), sources=tuple(sources)))
+                                     negatives=negatives.clone(),
+                                     sources=concept_sources(category, compiled.visual_sources)))
         return out
 
 
-def _source_record(prompt: VisualPrompt, image_name: str, fingerprint: str) -> dict[str, Any]:
+def check_concept_prompts(categories: Sequence[PromptCategory]) -> None:
+    """Refuse exemplars drawn on "the searched image" in a concept (a concept has no searched image)."""
+    for category in categories:
+        for prompt in (*category.visuals, *category.negatives):
+            if isinstance(prompt, (BoxPrompt, PointPrompt)) and prompt.image is None:
+                raise PromptError(f"concept {category.name!r}: visual prompts of a concept need the image they "
+                                  "were drawn on (pass prompt_images)")
+
+
+def concept_sources(category: PromptCategory, visual_sources: dict[int, dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """The :attr:`PromptConcept.sources` of a category: its phrases, then its exemplars (``visual_sources``:
+    ``id(prompt) -> source_record``), then its negatives marked ``"negative": true``."""
+    sources = [{"kind": TEXT_KIND, "text": t.text} for t in category.texts]
+    sources += [visual_sources[id(v)] for v in category.visuals]
+    for n in category.negatives:
+        sources.append({"kind": TEXT_KIND, "text": n.text, "negative": True} if isinstance(n, TextPrompt)
+                       else {**visual_sources[id(n)], "negative": True})
+    return tuple(sources)
+
+
+def source_record(prompt: VisualPrompt, image_name: str, fingerprint: str) -> dict[str, Any]:
+    """How a concept remembers an exemplar: kind, coordinates, image name and pixel fingerprint."""
     where = {"image": image_name if image_name else describe_source(prompt.image), "image_sha256": fingerprint}
     if isinstance(prompt, BoxPrompt):
         return {"kind": BOX_KIND, "box": list(prompt.box), **where}

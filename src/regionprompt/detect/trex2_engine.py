@@ -1,0 +1,324 @@
+"""T-Rex2 detection behind the :class:`~regionprompt.api.Detector` API.
+
+Prompts become ``(D,)`` prompt embeddings, then the detector's queries are scored against them:
+
+* text phrases -> frozen text side (template ensemble, cached) -> learned projection; several phrases of
+  one category are averaged;
+* box / point exemplars -> the visual prompt encoder. All exemplars of one category drawn on one image
+  are encoded together (one class token, T-Rex2's "several prompts, one embedding"); boxes and points
+  of one image are encoded separately and averaged. Exemplars on other images (the generic workflow)
+  give one embedding per image, averaged; exemplars on the searched image (interactive) are encoded from
+  that image's own encoder tokens;
+* mixed categories average their text and visual embeddings (each weighted once);
+* concepts carry finished embeddings.
+
+Scores are the sigmoid of the query-prompt logits. **Negative prompts** (an extension of T-Rex2): each
+negative exemplar or phrase is one extra prompt column -- scored, but not allowed to pick queries, so
+adding negatives never changes which objects are looked at -- and a query is dropped from category
+``c`` when it scores higher against any of ``c``'s negatives than against ``c`` itself. Then the score threshold,
+per-category NMS and the top ``max_detections``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.ops import box_convert
+
+from regionprompt.concept import PromptConcept
+from regionprompt.detect.regionclip.prompting import (
+    CategoryRecipe,
+    ImageKeys,
+    check_concept_prompts,
+    concept_modalities,
+    concept_sources,
+    image_fingerprint,
+    load_source,
+    mean_embedding,
+    source_record,
+)
+from regionprompt.detect.regionclip.zeroshot import top_k_nms
+from regionprompt.errors import PromptError
+from regionprompt.images import LoadedImage, load_image, to_tensor
+from regionprompt.prompts import BoxPrompt, PointPrompt, PromptCategory, TextPrompt, VisualPrompt, validate_visual_prompts
+from regionprompt.results import Detections
+from regionprompt.trex2.model import TRex2
+from regionprompt.trex2.structures import EncodedImages
+from regionprompt.trex2.visual_prompts import make_prompt_batch
+from regionprompt.vl.embeddings import EmbeddingCache
+
+
+@dataclass(frozen=True)
+class TRex2DetectConfig:
+    """How T-Rex2 query scores become detections (saved in a detector folder's ``detector.json``)."""
+
+    nms_iou: float = 0.7  # per-category NMS; DETR queries rarely duplicate, so only near-copies go
+    max_detections: int = 100  # kept per image after NMS
+    batch_size: int = 4  # images per backbone forward pass
+
+    def __post_init__(self) -> None:
+        if not 0 < self.nms_iou <= 1:
+            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
+        if min(self.max_detections, self.batch_size) < 1:
+            raise ValueError("max_detections and batch_size must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TRex2DetectConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown T-Rex2 detection config keys {unknown}")
+        return cls(**data)
+
+
+def _one_image(encoded: EncodedImages, index: int) -> EncodedImages:
+    return EncodedImages(encoded.memory[index : index + 1], encoded.spatial_shapes)
+
+
+class TRex2Engine:
+    """Text, visual (box / point), mixed and negative prompting of a trained :class:`TRex2`.
+
+    Args:
+        model: the detector; its weights hash keys concepts.
+        config: detection settings.
+        cache: persistent text-embedding cache (``None``: recompute every call).
+    """
+
+    kind = "trex2"
+    proposal_source = None  # T-Rex2 finds its own boxes
+
+    def __init__(self, model: TRex2, config: TRex2DetectConfig | None = None, *,
+                 cache: EmbeddingCache | None = None) -> None:
+        self.model = model.eval()
+        self.config = config or TRex2DetectConfig()
+        self.cache = cache
+        self.model_hash = model.card.weights_hash or model.weights_hash()
+
+    @property
+    def dim(self) -> int:
+        return self.model.card.dim
+
+    def reconfigure(self, **changes: Any) -> TRex2Engine:
+        """The same model with some config fields changed (unknown fields are ignored: they belong to
+        other detector kinds)."""
+        known = {f.name for f in fields(TRex2DetectConfig)}
+        updated = {**self.config.to_dict(), **{k: v for k, v in changes.items() if k in known}}
+        return TRex2Engine(self.model, TRex2DetectConfig(**updated), cache=self.cache)
+
+    # ---- embeddings ------------------------------------------------------------------------------
+
+    def texts(self, phrases: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``{phrase: (D,)}`` normalised text prompt embeddings, one model call for all."""
+        unique = list(dict.fromkeys(phrases))
+        if not unique:
+            return {}
+        return dict(zip(unique, self.model.embed_texts(unique, cache=self.cache)))
+
+    def _pixels(self, images: Sequence[LoadedImage]) -> torch.Tensor:
+        return torch.cat([self.model.preprocess(to_tensor(im.image)) for im in images])
+
+    @torch.no_grad()
+    def _encode_groups(self, encoded: EncodedImages, image_wh: Sequence[tuple[int, int]],
+                       groups: Sequence[tuple[int, Sequence[VisualPrompt]]]) -> list[torch.Tensor]:
+        """One ``(D,)`` embedding per ``(image index, prompts)`` group: boxes jointly, points jointly,
+        the two averaged when a group has both."""
+        parts: list[list[torch.Tensor]] = [[] for _ in groups]
+        for kind in (BoxPrompt, PointPrompt):
+            members = [(g, image, [p for p in prompts if isinstance(p, kind)]) for g, (image, prompts) in enumerate(groups)]
+            members = [m for m in members if m[2]]
+            if not members:
+                continue
+            coords = [torch.tensor([p.box if kind is BoxPrompt else p.point for p in items], dtype=torch.float32)
+                      for _, _, items in members]
+            batch = make_prompt_batch([(image, c) for (_, image, _), c in zip(members, coords)], image_wh)
+            vectors = self.model.visual_prompt_embeddings(encoded, batch)
+            for (g, _, _), vector in zip(members, vectors):
+                parts[g].append(vector)
+        return [mean_embedding(torch.stack(p)) for p in parts]
+
+    def _generic(self, categories: Sequence[PromptCategory]) -> tuple[dict[tuple[int, int], torch.Tensor],
+                                                                        dict[int, torch.Tensor], dict[int, dict[str, Any]]]:
+        """Exemplars on other images -> ``{(category, image key): (D,)}`` joint positive embeddings,
+        ``{id(negative prompt): (D,)}`` and ``{id(prompt): source record}``."""
+        keys = ImageKeys()
+        jobs: dict[int, list[tuple[Any, Sequence[VisualPrompt]]]] = {}  # image key -> [(tag, prompts)]
+        for c, category in enumerate(categories):
+            by_image: dict[int, list[VisualPrompt]] = {}
+            for prompt in category.visuals:
+                if prompt.image is not None:
+                    by_image.setdefault(keys.index(prompt.image), []).append(prompt)
+            for key, prompts in by_image.items():
+                jobs.setdefault(key, []).append((("positive", c, key), prompts))
+            for prompt in category.negatives:
+                if isinstance(prompt, (BoxPrompt, PointPrompt)) and prompt.image is not None:
+                    jobs.setdefault(keys.index(prompt.image), []).append((("negative", id(prompt)), [prompt]))
+        positives: dict[tuple[int, int], torch.Tensor] = {}
+        negatives: dict[int, torch.Tensor] = {}
+        records: dict[int, dict[str, Any]] = {}
+        for key, items in jobs.items():
+            loaded = load_source(keys.sources[key])
+            fingerprint = image_fingerprint(loaded.image)
+            for _, prompts in items:
+                for prompt in prompts:
+                    prompt.check_inside(loaded.wh)
+                    records[id(prompt)] = source_record(prompt, loaded.name, fingerprint)
+            encoded = self.model.encode_images(self._pixels([loaded]))
+            vectors = self._encode_groups(encoded, [loaded.wh], [(0, prompts) for _, prompts in items])
+            for (tag, _), vector in zip(items, vectors):
+                if tag[0] == "positive":
+                    positives[(tag[1], tag[2])] = vector
+                else:
+                    negatives[tag[1]] = vector
+        return positives, negatives, records
+
+    @torch.no_grad()
+    def compile(self, categories: Sequence[PromptCategory], concepts: Sequence[PromptConcept] = ()
+                ) -> tuple[list[CategoryRecipe], dict[int, dict[str, Any]]]:
+        """One :class:`CategoryRecipe` per category then per concept, and the exemplars' source records.
+
+        Raises:
+            PromptError: nothing to detect, a name given twice, a concept of another size, a prompt outside its image.
+        """
+        if not categories and not concepts:
+            raise PromptError("no prompt given: pass text, boxes, points or concepts")
+        names = [c.name for c in categories] + [c.name for c in concepts]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise PromptError(f"categories {twice} are given twice (as a prompt label and/or a concept); "
+                              "give each category one name")
+        phrases = [t.text for c in categories for t in (*c.texts, *c.negatives) if isinstance(t, TextPrompt)]
+        text = self.texts(phrases)
+        positives, negatives, records = self._generic(categories)
+        empty = torch.zeros(0, self.dim)
+
+        def stack(items: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(items) if items else empty
+
+        recipes = []
+        for c, category in enumerate(categories):
+            texts = [text[t.text] for t in category.texts]
+            negative_rows = [text[n.text] if isinstance(n, TextPrompt) else negatives[id(n)]
+                             for n in category.negatives if isinstance(n, TextPrompt) or n.image is not None]
+            recipes.append(CategoryRecipe(
+                name=category.name, prompt=category,
+                text=mean_embedding(torch.stack(texts)) if texts else None,
+                visuals=stack([v for (owner, _), v in positives.items() if owner == c]),
+                interactive=tuple(v for v in category.visuals if v.image is None),
+                negatives=stack(negative_rows),
+                interactive_negatives=tuple(n for n in category.negatives
+                                            if not isinstance(n, TextPrompt) and n.image is None),
+                fixed=None, has_text=bool(category.texts), has_visual=bool(category.visuals),
+            ))
+        for concept in concepts:
+            concept.check_model(self.model_hash)
+            if concept.dim != self.dim:
+                raise PromptError(f"concept {concept.name!r} has {concept.dim}-d embeddings, this model {self.dim}-d")
+            has_text, has_visual = concept_modalities(concept)
+            recipes.append(CategoryRecipe(
+                name=concept.name, prompt=PromptCategory(name=concept.name), text=None, visuals=empty,
+                interactive=(), negatives=torch.nn.functional.normalize(concept.negatives.float(), dim=-1),
+                interactive_negatives=(), fixed=torch.nn.functional.normalize(concept.embedding.float(), dim=-1),
+                has_text=has_text, has_visual=has_visual,
+            ))
+        return recipes, records
+
+    def make_concepts(self, categories: Sequence[PromptCategory]) -> list[PromptConcept]:
+        """Reusable concepts of this model, one per category (exemplars must name their images)."""
+        check_concept_prompts(categories)
+        recipes, records = self.compile(categories)
+        none = torch.zeros(0, self.dim)
+        out = []
+        for category, recipe in zip(categories, recipes):
+            embedding, negatives = recipe.finish(none, none)
+            out.append(PromptConcept(name=category.name, embedding=embedding.clone(), model_hash=self.model_hash,
+                                     negatives=negatives.clone(), sources=concept_sources(category, records)))
+        return out
+
+    # ---- detection -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[Any], categories: Sequence[PromptCategory] = (),
+               concepts: Sequence[PromptConcept] = (), *, proposals: Sequence[Any] | None = None,
+               threshold: float = 0.3) -> list[Detections]:
+        """Detect the prompted categories on each image (arguments as
+        :meth:`~regionprompt.detect.regionclip.zeroshot.ZeroShotDetector.detect`; no ``proposals``)."""
+        if proposals is not None:
+            raise PromptError("a T-Rex2 detector finds its own boxes: proposals= is for RegionCLIP detectors")
+        loaded = [im if isinstance(im, LoadedImage) else load_image(im) for im in images]
+        prompts = [p for c in categories for p in (*c.visuals, *c.negatives)]
+        for image in loaded:
+            validate_visual_prompts(prompts, image.wh)
+        recipes, _ = self.compile(categories, concepts)
+        out: list[Detections] = []
+        step = self.config.batch_size
+        for start in range(0, len(loaded), step):
+            chunk = loaded[start : start + step]
+            encoded = self.model.encode_images(self._pixels(chunk))
+            for i, image in enumerate(chunk):
+                out.append(self._detect_one(image, encoded, i, [im.wh for im in chunk], recipes, threshold))
+        return out
+
+    def _detect_one(self, image: LoadedImage, encoded: EncodedImages, index: int, chunk_wh: list[tuple[int, int]],
+                    recipes: Sequence[CategoryRecipe], threshold: float) -> Detections:
+        names = [r.name for r in recipes]
+        groups: list[tuple[int, Sequence[VisualPrompt]]] = []
+        for recipe in recipes:
+            if recipe.interactive:
+                groups.append((index, recipe.interactive))
+            groups.extend((index, [n]) for n in recipe.interactive_negatives)
+        vectors = iter(self._encode_groups(encoded, chunk_wh, groups) if groups else [])
+        columns: list[torch.Tensor] = []
+        negative_columns: list[list[int]] = []
+        finished = []
+        for recipe in recipes:
+            own = torch.stack([next(vectors)]) if recipe.interactive else torch.zeros(0, self.dim)
+            own_negatives = [next(vectors) for _ in recipe.interactive_negatives]
+            finished.append(recipe.finish(own, torch.stack(own_negatives) if own_negatives else torch.zeros(0, self.dim)))
+        columns = [embedding for embedding, _ in finished]
+        for _, negatives in finished:
+            negative_columns.append(list(range(len(columns), len(columns) + len(negatives))))
+            columns.extend(negatives)
+        output = self.model(_one_image(encoded, index), torch.stack(columns), select_with=len(recipes))
+        scores = output.logits[0].sigmoid()  # (Q, K + negatives)
+        width, height = image.wh
+        boxes = box_convert(output.boxes[0], "cxcywh", "xyxy") * torch.tensor([width, height, width, height])
+        positive = scores[:, : len(recipes)]
+        rows, cols = (positive >= threshold).nonzero(as_tuple=True)
+        keep = torch.ones(len(rows), dtype=torch.bool)
+        for c, negative in enumerate(negative_columns):
+            if negative:
+                mine = (cols == c).nonzero().flatten()
+                keep[mine] = scores[rows[mine]][:, negative].max(dim=1).values <= positive[rows[mine], c]
+        rows, cols = rows[keep], cols[keep]
+        top = top_k_nms(boxes[rows], positive[rows, cols], cols, self.config.nms_iou, self.config.max_detections)
+        return Detections(boxes[rows[top]], positive[rows[top], cols[top]], cols[top], names, image.wh,
+                          prompts=tuple(r.prompt for r in recipes), image_name=image.name)
+
+    # ---- persistence -----------------------------------------------------------------------------
+
+    def save(self, directory: Path, *, compact: bool = False) -> dict[str, Any]:
+        """Write the model to ``directory/trex2``; returns the ``detector.json`` header.
+
+        ``compact``: float16 weights and a row-sparse token embedding (see :mod:`regionprompt.vl.compact`).
+        """
+        from regionprompt.model_dir import save_model_dir
+        from regionprompt.vl.compact import TOKEN_EMBEDDING
+
+        if compact:
+            sparse = (f"clip.{TOKEN_EMBEDDING}",) if self.model.card.clip.text.kind == "clip" else ()
+            self.model.card = save_model_dir(directory / "trex2", self.model.state_dict(), self.model.card,
+                                             dtype=torch.float16, sparse_rows=sparse)
+            self.model_hash = self.model.card.weights_hash or self.model_hash
+        else:
+            self.model.save(directory / "trex2")
+        return {"kind": self.kind, "model": "trex2", "config": self.config.to_dict()}
+
+
+__all__ = ["TRex2DetectConfig", "TRex2Engine"]
