@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval-detector",
         help="evaluate a detector: text / visual-generic / visual-interactive prompts, negatives on look-alikes",
-        description="Run a detector folder (detector.json + clip/ + rpn/) on a COCO build whose categories carry "
+        description="Run a detector folder (RegionCLIP: detector.json + clip/ + rpn/; T-Rex2: detector.json + trex2/, "
+        "or a bare T-Rex2 model folder) on a COCO build whose categories carry "
         "'split' and 'frequency' (e.g. `regionprompt world build --split test --images 300 --seed 1 --out DIR`) "
         "and report COCO AP / AP50 for all, base and novel categories and AP_r / AP_c / AP_f. Modes: "
         + "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items())
@@ -37,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="folder of the ground truth's images (default: beside the JSON or in its images/)")
     parser.add_argument("--mode", choices=list(MODE_HELP), default=d.mode, help=f"protocol (default {d.mode})")
     parser.add_argument("--proposals", choices=["rpn", "gt"], default=d.proposals,
-                        help="rpn: the detector's proposal network; gt: classify the ground-truth boxes "
-                             f"(recognition only, RegionCLIP's benchmark) (default {d.proposals})")
+                        help="rpn: the detector's proposal network (T-Rex2: its own queries); gt: classify the ground-truth "
+                             f"boxes (RegionCLIP only: recognition, RegionCLIP's benchmark) (default {d.proposals})")
     defaults = ", ".join(f"{m}: {b}" for m, b in MODE_BACKGROUND.items())
     parser.add_argument("--background", choices=["none", "auto", "text"], default=None,
                         help=f"background class (default per mode: {defaults}; none = RegionCLIP's protocol)")
