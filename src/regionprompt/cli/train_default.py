@@ -10,21 +10,27 @@ from pathlib import Path
 
 DESCRIPTION = (
     "Reproduce the default detector end to end: scene caches -> CLIP teacher (iconic 64 px pretraining) -> "
-    "class-agnostic RPN -> zero-shot RegionCLIP detector folder -> [--student: pseudo labels + region-text "
-    "student, the better of the two kept] -> evaluation (eval-detector --mode text on a 100-image EmojiWorld "
-    "test build) -> OUT/detector with model_card.json -> [--install: a float16 copy into the package's "
-    "models/default, what Detector.load('default') reads]. Every stage resumes after an interruption and is "
-    "skipped when its output is complete: rerun the same command. --fast runs every stage at toy size (tests)."
+    "class-agnostic RPN -> T-Rex2 detector on the teacher's image tower and text side (--no-trex2: skip) -> "
+    "[--student: pseudo labels + region-text student] -> candidate detector folders (zero-shot RegionCLIP "
+    "teacher [+ student], T-Rex2) -> evaluation of each (eval-detector --mode text on a 100-image EmojiWorld "
+    "test build) -> the best by AP50 (ties: teacher, student, T-Rex2) as OUT/detector with model_card.json -> "
+    "[--install: a float16 copy into the package's models/default, what Detector.load('default') reads]. "
+    "Every stage resumes after an interruption and is skipped when its output is complete: rerun the same "
+    "command. --fast runs every stage at toy size (tests)."
 )
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("default", help="the default detector end to end (teacher, RPN, detector, eval, card)",
+    parser = commands.add_parser("default", help="the default detector end to end (teacher, RPN, T-Rex2, detectors, "
+                                 "eval, card)",
                                  description=DESCRIPTION)
     parser.add_argument("--out", type=Path, required=True, help="run folder (every stage's output, pipeline.json)")
     parser.add_argument("--fast", action="store_true", help="tiny profile: a few steps and scenes per stage (tests)")
     parser.add_argument("--student", action="store_true",
-                        help="also pseudo-label pretrain scenes and train the RegionCLIP student; keep the better detector")
+                        help="also pseudo-label pretrain scenes and train the RegionCLIP student (one more candidate; "
+                        "the best by AP50 is kept)")
+    parser.add_argument("--no-trex2", action="store_true",
+                        help="do not train the T-Rex2 candidate (RegionCLIP detectors only)")
     parser.add_argument("--install", action="store_true",
                         help="copy the final detector into the package (regionprompt/models/default)")
     parser.add_argument("--install-to", type=Path, default=None, metavar="DIR",
@@ -35,6 +41,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="scene-cache folder, shareable between runs (default OUT/caches)")
     parser.add_argument("--teacher-steps", type=int, default=None, help="override the teacher's steps")
     parser.add_argument("--rpn-steps", type=int, default=None, help="override the RPN's steps")
+    parser.add_argument("--trex2-steps", type=int, default=None, help="override the T-Rex2 detector's steps")
     parser.add_argument("--student-steps", type=int, default=None, help="override the student's steps")
     parser.add_argument("--pseudo-label-scenes", type=int, default=None, help="override the pseudo-labelled scene count")
     parser.add_argument("--eval-images", type=int, default=None, help="override the evaluation build's size")
@@ -57,6 +64,10 @@ def config_from_args(args: argparse.Namespace):
         changes["teacher"] = replace(config.teacher, steps=args.teacher_steps)
     if args.rpn_steps is not None:
         changes["rpn"] = replace(config.rpn, steps=args.rpn_steps)
+    if args.no_trex2:
+        changes["trex2"] = None
+    elif args.trex2_steps is not None and config.trex2 is not None:
+        changes["trex2"] = replace(config.trex2, steps=args.trex2_steps)
     if args.student_steps is not None:
         changes["regions"] = replace(config.regions, steps=args.student_steps)
     if args.input_size is not None or args.max_proposals is not None:

@@ -6,11 +6,14 @@ numbers, the model hash (:attr:`regionprompt.api.Detector.model_hash`) and the s
 
 :func:`install_detector` copies a detector folder into ``regionprompt/models/default`` in the smallest
 storage that keeps its outputs (:data:`STORAGES`): float16, with the CLIP token embedding cut to the tokens
-of its training text when those texts are known (:mod:`regionprompt.vl.compact`). Both model loaders
-(``load_checkpoint`` for CLIP, ``load_model_dir`` for the RPN) verify the weights against the hash of the
-tensors as stored and ``load_state_dict`` them into float32 modules, so a float16 file loads into an
-ordinary float32 model. Each smaller storage is compared with the float32 original (image and prompt
-embedding cosines, proposal boxes) and the next larger one is used when it drifts.
+of its training text when those texts are known (:mod:`regionprompt.vl.compact`). Both kinds of detector
+folder install this way: a zero-shot RegionCLIP folder (``clip/`` + ``rpn/``) and a T-Rex2 folder
+(``trex2/``, whose CLIP text side carries the token embedding). The model loaders (``load_checkpoint``
+for CLIP, ``load_model_dir`` for the RPN and T-Rex2) verify the weights against the hash of the tensors
+as stored and ``load_state_dict`` them into float32 modules, so a float16 file loads into an ordinary
+float32 model. Each smaller storage is compared with the float32 original and the next larger one is
+used when it drifts: image and prompt embedding cosines and proposal boxes for RegionCLIP; prompt
+embedding cosines, detection scores and detection boxes for T-Rex2.
 """
 
 from __future__ import annotations
@@ -43,11 +46,22 @@ from regionprompt.model_dir import (
 
 MODEL_CARD_FILE = "model_card.json"
 DETECTOR_FILE = "detector.json"
+TREX2_KIND = "trex2"  # ``detector.json`` kind of a T-Rex2 folder (regionprompt.api.TREX2_KIND)
+#: The model parts of a zero-shot RegionCLIP folder; their ``detector.json`` keys name the sub-folders.
 MODEL_PARTS = ("clip", "rpn")
 #: float16 copies must keep image and text embeddings this close (cosine) to the float32 original ...
 MIN_EMBEDDING_COSINE = 0.999
 #: ... and find the same proposals (mean best IoU of the float32 top proposals among the float16 ones).
 MIN_PROPOSAL_IOU = 0.95
+#: T-Rex2: the float32 top detections must be found again (mean best IoU among same-category float16 ones) ...
+MIN_DETECTION_IOU = 0.95
+#: ... with the same scores: no k-th best score of a category on an image may move more than this.
+MAX_SCORE_DIFF = 0.02
+#: T-Rex2 check: the first this many check names are the text prompts (one search per name is enough to
+#: exercise the text side, the query selection and the decoder).
+TREX2_CHECK_NAMES = 5
+#: Detections per image (and per category for the score comparison) that the T-Rex2 check compares.
+TREX2_CHECK_TOP = 20
 
 
 def file_sha256(path: Path) -> str:
@@ -68,14 +82,24 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def model_parts(header: Mapping[str, Any]) -> dict[str, str]:
+    """``{part: sub-folder}`` of a detector folder from its ``detector.json``: ``clip`` (+ ``rpn``) for
+    RegionCLIP, ``trex2`` for T-Rex2 (whose header names its folder under ``"model"``)."""
+    if header.get("kind") == TREX2_KIND:
+        return {"trex2": str(header["model"])}
+    return {part: str(header[part]) for part in MODEL_PARTS if header.get(part) is not None}
+
+
+def hash_part(header: Mapping[str, Any]) -> str:
+    """The part whose weights hash is the detector's model hash (:attr:`regionprompt.api.Detector.model_hash`)."""
+    return "trex2" if header.get("kind") == TREX2_KIND else "clip"
+
+
 def weights_summary(detector_dir: Path) -> dict[str, Any]:
     """Per model part: the weights file's sha256, size, dtype(s), parameter count and card weights hash."""
     header = read_json(detector_dir / DETECTOR_FILE)
     out: dict[str, Any] = {}
-    for part in MODEL_PARTS:
-        name = header.get(part)
-        if name is None:
-            continue
+    for part, name in model_parts(header).items():
         folder = detector_dir / name
         path = folder / WEIGHTS_FILE
         dtypes: set[str] = set()
@@ -95,17 +119,26 @@ def weights_summary(detector_dir: Path) -> dict[str, Any]:
     return out
 
 
+def _architecture_only(card: Mapping[str, Any]) -> dict[str, Any]:
+    """A model card without its provenance (training record, weights hash, metrics), nested CLIP card too."""
+    out = {k: v for k, v in card.items() if k not in ("training", "weights_hash", "metrics")}
+    if isinstance(out.get("clip"), Mapping):  # a T-Rex2 card holds its backbone's (the teacher's) card
+        out["clip"] = _architecture_only(out["clip"])
+    return out
+
+
 def architecture(detector_dir: Path) -> dict[str, Any]:
-    """The model cards of the parts (without their training records) and the detector settings."""
+    """The model cards of the parts (without their training records) and the detector settings.
+
+    RegionCLIP folders list ``clip`` and ``rpn`` (``None`` without a proposal network); T-Rex2 folders
+    list ``trex2``.
+    """
     header = read_json(detector_dir / DETECTOR_FILE)
     out: dict[str, Any] = {"kind": header.get("kind"), "detector_config": header.get("config")}
-    for part in MODEL_PARTS:
-        name = header.get(part)
-        if name is None:
-            out[part] = None
-            continue
-        card = read_json(detector_dir / name / CARD_FILE)
-        out[part] = {k: v for k, v in card.items() if k not in ("training", "weights_hash", "metrics")}
+    parts = model_parts(header)
+    names = ("trex2",) if header.get("kind") == TREX2_KIND else MODEL_PARTS
+    for part in names:
+        out[part] = _architecture_only(read_json(detector_dir / parts[part] / CARD_FILE)) if part in parts else None
     return out
 
 
@@ -129,7 +162,7 @@ def build_model_card(detector_dir: Path, *, name: str, description: str, recipe:
     return {
         "name": name,
         "description": description,
-        "model_hash": weights["clip"]["weights_hash"],
+        "model_hash": weights[hash_part(read_json(detector_dir / DETECTOR_FILE))]["weights_hash"],
         "architecture": architecture(detector_dir),
         "weights": weights,
         "training": {"command": command, "recipe": dict(recipe), "stages": {k: dict(v) for k, v in stage_records.items()}},
@@ -149,10 +182,18 @@ def write_model_card(detector_dir: Path, card: Mapping[str, Any]) -> Path:
 
 
 def copy_detector(source: Path, target: Path) -> Path:
-    """Copy a detector folder (``detector.json`` + its model folders) to ``target``, replacing it.
+    """Copy a detector folder (``detector.json`` + its model folders: ``clip/`` + ``rpn/`` or ``trex2/``)
+    to ``target``, replacing it.
 
     The copy is made beside ``target`` and renamed into place, so ``target`` is never half written.
+
+    Raises:
+        CheckpointError: ``source`` has no readable ``detector.json`` or lacks a model folder it names.
     """
+    source, target = Path(source), Path(target)
+    for name in model_parts(read_json(source / DETECTOR_FILE)).values():
+        if not (source / name / CARD_FILE).is_file():  # fail before replacing a good target
+            raise CheckpointError(f"{source}: {DETECTOR_FILE} names {name}/, which holds no {CARD_FILE}")
     tmp = target.parent / f".{target.name}.copying"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -178,12 +219,16 @@ class InstallReport:
 
 
 def compare_detectors(reference: Any, candidate: Any, images: Sequence[Path], names: Sequence[str]) -> dict[str, float]:
-    """How far ``candidate`` (a :class:`~regionprompt.api.Detector`) is from ``reference``: the smallest
-    cosine between their whole-image embeddings of ``images`` and between their prompt embeddings of
-    ``names`` (with the detector's templates), and the mean best IoU of the reference's top 20 proposals
-    among the candidate's."""
+    """How far ``candidate`` (a :class:`~regionprompt.api.Detector`) is from ``reference``.
+
+    RegionCLIP: the smallest cosine between their whole-image embeddings of ``images`` and between their
+    prompt embeddings of ``names`` (with the detector's templates), and the mean best IoU of the
+    reference's top 20 proposals among the candidate's. T-Rex2: see :func:`compare_trex2`.
+    """
     from torchvision.ops import box_iou
 
+    if reference.kind == TREX2_KIND:
+        return compare_trex2(reference, candidate, images, names)
     pictures = [load_image(p).image for p in images]
     a, b = reference.engine, candidate.engine
     size = a.regions.input_size
@@ -202,9 +247,52 @@ def compare_detectors(reference: Any, candidate: Any, images: Sequence[Path], na
     return check
 
 
+def compare_trex2(reference: Any, candidate: Any, images: Sequence[Path], names: Sequence[str]) -> dict[str, float]:
+    """How far the T-Rex2 ``candidate`` detector is from ``reference``, searching ``images`` for the first
+    :data:`TREX2_CHECK_NAMES` of ``names`` as text prompts (score threshold 0: every kept query counts).
+
+    Returns:
+        ``min_text_cosine``: the smallest cosine between their ``(D,)`` text prompt embeddings;
+        ``max_score_diff``: per image and category, both detectors' scores sorted high to low, the
+        largest difference of the k-th best (k < :data:`TREX2_CHECK_TOP`) -- independent of query order,
+        which a float16 rounding of near-tied encoder tokens may change;
+        ``detection_iou``: the mean over images of the mean best IoU of the reference's top
+        :data:`TREX2_CHECK_TOP` detections among the candidate's of the same category (boxes xyxy pixels).
+    """
+    from torchvision.ops import box_iou
+
+    prompts = list(dict.fromkeys(names))[:TREX2_CHECK_NAMES]
+    pictures = [load_image(p) for p in images]
+    with torch.no_grad():
+        a, b = reference.engine.texts(prompts), candidate.engine.texts(prompts)
+        text_cos = min(float((a[n] * b[n]).sum()) for n in prompts)
+        ours, theirs = reference.predict(pictures, text=prompts, threshold=0.0), candidate.predict(pictures, text=prompts, threshold=0.0)
+    score_diff, ious = 0.0, []
+    for da, db in zip(ours, theirs):
+        for c in range(len(prompts)):
+            sa = da.scores[da.labels == c].sort(descending=True).values[:TREX2_CHECK_TOP]
+            sb = db.scores[db.labels == c].sort(descending=True).values[:TREX2_CHECK_TOP]
+            k = min(len(sa), len(sb))
+            # A category found on one side only differs by its best score (against nothing, i.e. 0).
+            diff = float((sa[:k] - sb[:k]).abs().max()) if k else float(torch.cat([sa, sb]).max()) if len(sa) + len(sb) else 0.0
+            score_diff = max(score_diff, diff)
+        top = da.scores.argsort(descending=True)[:TREX2_CHECK_TOP]
+        best = []
+        for i in top.tolist():
+            same = db.boxes[db.labels == da.labels[i]]
+            best.append(float(box_iou(da.boxes[i : i + 1], same).max()) if len(same) else 0.0)
+        if best:
+            ious.append(sum(best) / len(best))
+    return {"min_text_cosine": text_cos, "max_score_diff": score_diff,
+            "detection_iou": sum(ious) / len(ious) if ious else 1.0}
+
+
 def check_passes(check: Mapping[str, float]) -> bool:
-    return (check["min_image_cosine"] >= MIN_EMBEDDING_COSINE and check["min_text_cosine"] >= MIN_EMBEDDING_COSINE
-            and check.get("proposal_iou", 1.0) >= MIN_PROPOSAL_IOU)
+    """Whether a smaller storage's check (:func:`compare_detectors`) keeps the float32 outputs."""
+    return (all(check[k] >= MIN_EMBEDDING_COSINE for k in ("min_image_cosine", "min_text_cosine") if k in check)
+            and check.get("proposal_iou", 1.0) >= MIN_PROPOSAL_IOU
+            and check.get("detection_iou", 1.0) >= MIN_DETECTION_IOU
+            and check.get("max_score_diff", 0.0) <= MAX_SCORE_DIFF)
 
 
 def _write_storage(source: Path, staging: Path, header: Mapping[str, Any], storage: str,
@@ -215,6 +303,9 @@ def _write_storage(source: Path, staging: Path, header: Mapping[str, Any], stora
 
     if storage == "float32":
         shutil.copytree(source, staging, ignore=shutil.ignore_patterns(MODEL_CARD_FILE))
+        return
+    if header.get("kind") == TREX2_KIND:
+        _write_trex2_storage(source, staging, header, storage, token_texts)
         return
     staging.mkdir(parents=True)
     shutil.copy2(source / DETECTOR_FILE, staging / DETECTOR_FILE)
@@ -234,6 +325,27 @@ def _write_storage(source: Path, staging: Path, header: Mapping[str, Any], stora
         save_model_dir(staging / header["rpn"], state, card, dtype=torch.float16)
 
 
+def _write_trex2_storage(source: Path, staging: Path, header: Mapping[str, Any], storage: str,
+                         token_texts: Sequence[str] | None) -> None:
+    """A T-Rex2 folder as ``compact`` (token rows absent from ``token_texts`` zeroed, float16, row-sparse
+    token embedding: :meth:`regionprompt.api.Detector.save` with ``compact=True``) or plain ``float16``."""
+    from regionprompt.api import Detector, read_trex2_folder
+    from regionprompt.trex2.card import TRex2Card
+
+    if storage == "compact":
+        from regionprompt.vl.compact import keep_learnt_tokens
+
+        model, config = read_trex2_folder(source, header)
+        # The text side is frozen in T-Rex2 training, so its learnt rows are those of the teacher's text.
+        keep_learnt_tokens(model.clip, token_texts or ())
+        Detector.from_trex2(model, config).save(staging, compact=True)
+        return
+    staging.mkdir(parents=True)
+    shutil.copy2(source / DETECTOR_FILE, staging / DETECTOR_FILE)
+    card, state = read_model_dir(source / header["model"], TRex2Card, kind="T-Rex2")
+    save_model_dir(staging / header["model"], state, card, dtype=torch.float16)
+
+
 #: Ways to store the weights, smallest first: float16 with the CLIP token embedding cut to the tokens of
 #: the training text (:mod:`regionprompt.vl.compact`), plain float16, float32.
 STORAGES = ("compact", "float16", "float32")
@@ -243,17 +355,25 @@ def install_detector(source: Path, target: Path, *, half: bool = True, token_tex
                      check_images: Sequence[Path] = (), check_names: Sequence[str] = ()) -> InstallReport:
     """Install the detector folder ``source`` (with its ``model_card.json``) as ``target``.
 
-    With ``half``, the smallest storage of :data:`STORAGES` whose detector passes :func:`compare_detectors`
+    ``source`` is a RegionCLIP (``clip/`` + ``rpn/``) or a T-Rex2 (``trex2/``) detector folder. With
+    ``half``, the smallest storage of :data:`STORAGES` whose detector passes :func:`compare_detectors`
     against the float32 original on ``check_images`` and ``check_names`` is kept (``compact`` is tried only
-    when ``token_texts``, the texts the CLIP text tower was trained on, are given); otherwise float32. Both
-    model loaders verify weights against the hash of the tensors as stored and load them into float32
-    modules. The card of the copy records the storage, the check and the model hash of the stored weights.
-    The folder is assembled beside ``target`` and moved into place at the end.
+    when ``token_texts``, the texts the CLIP text tower was trained on, are given -- for T-Rex2 those of
+    the teacher whose text side it carries); otherwise float32. The model loaders verify weights against
+    the hash of the tensors as stored and load them into float32 modules. The card of the copy records
+    the storage, the check and the model hash of the stored weights. The folder is assembled beside
+    ``target`` and moved into place at the end.
     """
     from regionprompt.api import Detector
 
     source, target = Path(source), Path(target)
     header = read_json(source / DETECTOR_FILE)
+    parts = model_parts(header)
+    if header.get("kind") == TREX2_KIND:
+        thresholds = {"min_embedding_cosine": MIN_EMBEDDING_COSINE, "min_detection_iou": MIN_DETECTION_IOU,
+                      "max_score_diff": MAX_SCORE_DIFF, "prompts": TREX2_CHECK_NAMES, "top": TREX2_CHECK_TOP}
+    else:
+        thresholds = {"min_embedding_cosine": MIN_EMBEDDING_COSINE, "min_proposal_iou": MIN_PROPOSAL_IOU}
     if half and not (check_images and check_names):
         raise CheckpointError("a float16 install needs check images and names to compare against the float32 detector")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -279,16 +399,20 @@ def install_detector(source: Path, target: Path, *, half: bool = True, token_tex
         model_hash=installed.model_hash,
         weights=weights_summary(staging),
         install={"storage": storage, "check": check, "rejected": rejected, "source": str(source),
-                 "source_model_hash": read_json(source / header["clip"] / CARD_FILE).get("weights_hash"),
-                 "check_images": len(check_images), "check_names": len(check_names),
-                 "thresholds": {"min_embedding_cosine": MIN_EMBEDDING_COSINE, "min_proposal_iou": MIN_PROPOSAL_IOU}},
+                 "source_model_hash": read_json(source / parts[hash_part(header)] / CARD_FILE).get("weights_hash"),
+                 "check_images": len(check_images), "check_names": len(check_names), "thresholds": thresholds},
     )
     write_model_card(staging, card)
     for path in staging.rglob("*"):  # temp files are created private; a shipped model is world-readable
         path.chmod(0o755 if path.is_dir() else 0o644)
     if target.exists():
-        # Files of the old folder that are not part of a detector (e.g. a README) stay.
-        managed = {DETECTOR_FILE, MODEL_CARD_FILE, *(str(header[p]) for p in MODEL_PARTS if header.get(p))}
+        # Files of the old folder that are not part of a detector (e.g. a README) stay. The old detector's
+        # own model folders go too: it may be of the other kind (clip/ + rpn/ replaced by trex2/).
+        try:
+            old_parts = model_parts(read_json(target / DETECTOR_FILE)).values()
+        except (CheckpointError, KeyError):
+            old_parts = MODEL_PARTS + ("trex2",)  # no readable header: the folder names detectors use
+        managed = {DETECTOR_FILE, MODEL_CARD_FILE, *parts.values(), *old_parts}
         for entry in target.iterdir():
             if entry.name not in managed and not (staging / entry.name).exists():
                 shutil.move(str(entry), staging / entry.name)
@@ -298,4 +422,5 @@ def install_detector(source: Path, target: Path, *, half: bool = True, token_tex
 
 
 __all__ = ["MODEL_CARD_FILE", "STORAGES", "InstallReport", "architecture", "build_model_card", "compare_detectors",
-           "copy_detector", "install_detector", "weights_summary", "write_model_card"]
+           "compare_trex2", "copy_detector", "hash_part", "install_detector", "model_parts", "weights_summary",
+           "write_model_card"]

@@ -4,15 +4,20 @@ Stages, in order (:data:`STAGES`); each is resumable, and a stage whose output i
 with the same settings and inputs is skipped on a rerun (``OUT/pipeline.json`` records each stage's
 settings key and wall time)::
 
-    scenes         scene caches (iconic pretrain for the teacher, det-train for the RPN, pretrain scenes for
-                   the pseudo labels) and the evaluation build (EmojiWorld test)   -> CACHES/, OUT/world_test*/
+    scenes         scene caches (iconic pretrain for the teacher, det-train for the RPN and T-Rex2 -- one
+                   cache when their specs agree --, pretrain scenes for the pseudo labels) and the
+                   evaluation build (EmojiWorld test)                                   -> CACHES/, OUT/world_test*/
     teacher        CLIP teacher, :func:`~regionprompt.train.clip_pretrain.train_clip`   -> OUT/teacher/model
     rpn            proposal network, :func:`~regionprompt.train.rpn.train_rpn`          -> OUT/rpn/model
+    trex2          (``trex2`` set) T-Rex2 on the teacher's image tower and frozen text side,
+                   :func:`~regionprompt.train.trex2.train_trex2`                        -> OUT/trex2/model
     pseudo-labels  (student only) the teacher's region labels on pretrain scenes        -> OUT/pseudo_labels
     student        (student only) RegionCLIP region-text pretraining                    -> OUT/student/model
-    detector       zero-shot RegionCLIP detector folder per CLIP model (+ the RPN)      -> OUT/candidates/NAME
+    detector       candidate detector folders: zero-shot RegionCLIP per CLIP model (+ the RPN) as
+                   ``teacher`` / ``student``, the T-Rex2 detector as ``trex2``           -> OUT/candidates/NAME
     evaluate       ``eval-detector --mode text`` on the evaluation build, per candidate  -> OUT/eval/NAME
-    card           the best candidate by AP50 -> OUT/detector, with its model_card.json
+    card           the best candidate by AP50 (ties: teacher, student, trex2 in that order) -> OUT/detector,
+                   with its model_card.json
     install        (``install_to``) a float16 copy into the package's models/default
 
 Every stage calls the library function of its command (no subprocesses); progress bars come from them.
@@ -24,7 +29,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +51,13 @@ from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec
 _log = get_logger("train.default")
 
 STATE_FILE = "pipeline.json"
-STAGES = ("scenes", "teacher", "rpn", "pseudo-labels", "student", "detector", "evaluate", "card", "install")
+STAGES = ("scenes", "teacher", "rpn", "trex2", "pseudo-labels", "student", "detector", "evaluate", "card", "install")
+#: The candidates, in the order that breaks AP50 ties (the earlier is kept).
+CANDIDATES = ("teacher", "student", "trex2")
 MODEL_NAME = "regionprompt-default"
 EVAL_PROTOCOL = ("eval-detector --mode text: every image searched for the whole EmojiWorld vocabulary (1,177 names) "
-                 "with text prompts; proposals from the RPN; COCO AP/AP50 for all, base and novel categories")
+                 "with text prompts; boxes from the RPN (RegionCLIP detectors) or the detector's own queries "
+                 "(T-Rex2); COCO AP/AP50 for all, base and novel categories")
 
 
 # ---- layout -------------------------------------------------------------------------------------------
@@ -62,10 +70,15 @@ def cache_name(spec: SceneCacheSpec) -> str:
 
 
 def scene_specs(config: DefaultPipelineConfig) -> dict[str, SceneCacheSpec]:
-    """The scene caches the recipe trains on: ``teacher``, ``rpn`` and (student only) ``pseudo_labels``."""
+    """The scene caches the recipe trains on: ``teacher``, ``rpn``, (T-Rex2 on) ``trex2`` -- the spec
+    :func:`~regionprompt.train.trex2.train_trex2` renders, often equal to the RPN's and then one folder --
+    and (student only) ``pseudo_labels``."""
     t, r = config.teacher, config.rpn
     specs = {"teacher": SceneCacheSpec("pretrain", t.world_seed, t.num_scenes, int(t.image_size or 0), layout=t.layout),
              "rpn": SceneCacheSpec("det-train", r.world_seed, r.num_scenes, r.image_size)}
+    if config.trex2 is not None:
+        x = config.trex2
+        specs["trex2"] = SceneCacheSpec("det-train", x.world_seed, x.num_scenes, x.image_size)
     if config.student:
         specs["pseudo_labels"] = SceneCacheSpec("pretrain", config.pseudo_label_seed, config.pseudo_label_scenes,
                                                 config.pseudo_label_size)
@@ -92,6 +105,10 @@ class PipelinePaths:
     @property
     def rpn(self) -> Path:
         return self.out / "rpn"
+
+    @property
+    def trex2(self) -> Path:
+        return self.out / "trex2"
 
     @property
     def pseudo_labels(self) -> Path:
@@ -240,13 +257,29 @@ def _build_complete(directory: Path, config: DefaultPipelineConfig) -> bool:
             and len(data.get("images", [])) == config.eval_images)
 
 
-def _model_complete(run_dir: Path, recipe: Any) -> bool:
-    """A finished training run: its model folder and a ``recipe.json`` with this recipe."""
+def _model_complete(run_dir: Path, recipe: Any, *, ignore: tuple[str, ...] = ()) -> bool:
+    """A finished training run: its model folder and a ``recipe.json`` with this recipe (fields in
+    ``ignore`` not compared)."""
     model = run_dir / MODEL_DIR
     if not ((model / "card.json").is_file() and (model / "model.safetensors").is_file() and (run_dir / RECIPE_FILE).is_file()):
         return False
     recorded = json.loads((run_dir / RECIPE_FILE).read_text(encoding="utf-8")).get("recipe")
-    return recorded == json.loads(json.dumps(asdict(recipe), default=str))
+    if not isinstance(recorded, dict):
+        return False
+    expected = json.loads(json.dumps(asdict(recipe), default=str))
+    return {k: v for k, v in recorded.items() if k not in ignore} == {k: v for k, v in expected.items() if k not in ignore}
+
+
+def _trex2_complete(run_dir: Path, recipe: Any, teacher_hash: str) -> bool:
+    """A finished T-Rex2 run of ``recipe`` on the teacher with weights ``teacher_hash``.
+
+    The recorded ``clip`` is a path (where the teacher was when it trained), so the teacher is
+    recognised by the hash its card carries inside the T-Rex2 card instead: moving the run folder keeps
+    the model, a retrained teacher does not.
+    """
+    if not _model_complete(run_dir, recipe, ignore=("clip",)):
+        return False
+    return read_json(run_dir / MODEL_DIR / "card.json").get("clip", {}).get("weights_hash") == teacher_hash
 
 
 def _weights_hash(model_dir: Path) -> str:
@@ -304,6 +337,8 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     from regionprompt.train.regions import train_regions
     from regionprompt.train.rpn import train_rpn
     from regionprompt.train.scene_cache import build_scene_cache
+    from regionprompt.train.trex2 import train_trex2
+    from regionprompt.trex2.model import TRex2
     from regionprompt.vl.checkpoints import load_checkpoint
     from regionprompt.vl.clip_model import RegionPromptCLIP
     from regionprompt.vl.embeddings import EmbeddingCache
@@ -321,13 +356,15 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         reports.append(StageReport(name, "off", 0.0, 0.0, "-"))
 
     # -- scenes
+    unique_specs = list(dict.fromkeys(specs.values()))  # the RPN and T-Rex2 usually share one cache
+
     def render() -> str:
-        for spec in specs.values():
+        for spec in unique_specs:
             build_scene_cache(spec, paths.cache(spec), workers=config.workers)
         if not _build_complete(world_test, config):
             build_world(world_test, split="test", num_images=config.eval_images, seed=config.eval_seed,
                         workers=config.workers, overwrite=True)
-        return f"{len(specs)} caches, {config.eval_images} test images"
+        return f"{len(unique_specs)} caches, {config.eval_images} test images"
 
     scenes_key = settings_key({"specs": specs, "eval": [config.eval_images, config.eval_seed]})
     reports.append(state.run(
@@ -353,6 +390,23 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
 
     teacher_model, rpn_model = paths.teacher / MODEL_DIR, paths.rpn / MODEL_DIR
     candidates = {"teacher": teacher_model}
+
+    # -- T-Rex2: trained on the teacher's model folder, whatever ``config.trex2.clip`` says
+    if config.trex2 is not None:
+        teacher_hash = _weights_hash(teacher_model)
+        trex2_recipe = replace(config.trex2, clip=str(teacher_model))
+
+        def train_detector_trex2() -> str:
+            train_trex2(trex2_recipe, paths.trex2, cache_dir=paths.cache(specs["trex2"]), workers=config.workers,
+                        text_cache=EmbeddingCache(paths.embeddings))
+            return _final_loss(paths.trex2)
+
+        reports.append(state.run(
+            "trex2", settings_key({"recipe": replace(config.trex2, clip=f"teacher:{teacher_hash}")}),
+            paths.trex2 / MODEL_DIR, lambda: _trex2_complete(paths.trex2, trex2_recipe, teacher_hash),
+            train_detector_trex2, adopt=_adopt_run(paths.trex2)))
+    else:
+        off("trex2")
 
     # -- optional student
     if config.student:
@@ -393,16 +447,27 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     else:
         off("pseudo-labels")
         off("student")
+    if config.trex2 is not None:
+        candidates["trex2"] = paths.trex2 / MODEL_DIR
+    candidates = {name: candidates[name] for name in CANDIDATES if name in candidates}  # tie-break order
 
     # -- detector folders
     hashes = {name: _weights_hash(model) for name, model in candidates.items()}
     rpn_hash = _weights_hash(rpn_model)
-    detector_key = settings_key({"clip": hashes, "rpn": rpn_hash, "config": config.detector.to_dict()})
+    detector_settings: dict[str, Any] = {"clip": {n: h for n, h in hashes.items() if n != "trex2"}, "rpn": rpn_hash,
+                                         "config": config.detector.to_dict()}
+    if "trex2" in candidates:  # only then: a recipe without T-Rex2 keeps the keys of earlier runs
+        detector_settings["trex2"] = {"model": hashes["trex2"], "config": config.trex2_detect.to_dict()}
+    detector_key = settings_key(detector_settings)
 
     def build_detectors() -> str:
         rpn = ProposalNetwork.load(rpn_model)
         for name, model in candidates.items():
-            Detector.from_models(RegionPromptCLIP.load(model), rpn, config.detector).save(paths.candidate(name))
+            if name == "trex2":
+                detector = Detector.from_trex2(TRex2.load(model), config.trex2_detect)
+            else:
+                detector = Detector.from_models(RegionPromptCLIP.load(model), rpn, config.detector)
+            detector.save(paths.candidate(name))
         return ", ".join(candidates)
 
     reports.append(state.run(
@@ -432,7 +497,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         "evaluate", eval_key, paths.out / "eval",
         lambda: all((paths.evaluation(n) / "report.json").is_file() for n in candidates), evaluate))
     evaluations = {name: read_json(paths.evaluation(name) / "report.json") for name in candidates}
-    chosen = max(candidates, key=lambda n: (evaluations[n]["summary"].get("AP50") or 0.0, n == "teacher"))
+    chosen = choose_candidate(evaluations)
 
     # -- the final folder and its model card
     def write_card() -> str:
@@ -457,7 +522,9 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         images = [world_test / "images" / im["file_name"] for im in gt["images"][:2]]
         names_by_id = {c["id"]: c["name"] for c in gt["categories"]}
         present = sorted({names_by_id[a["category_id"]] for a in gt["annotations"]})
-        texts = training_texts(config, paths, specs["teacher"]) if config.teacher.text == "clip" else None
+        texts = None
+        if config.teacher.text == "clip":  # only a CLIP text tower has a token embedding to cut
+            texts = training_texts(config, paths, specs["teacher"], detector=chosen)
         with torch.no_grad():
             report = install_detector(paths.detector, Path(install_to), half=half, token_texts=texts,
                                       check_images=images, check_names=present)
@@ -471,19 +538,45 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     return PipelineResult(out, paths.detector, tuple(reports), card, installed)
 
 
-def training_texts(config: DefaultPipelineConfig, paths: PipelinePaths, spec: SceneCacheSpec) -> list[str]:
+def training_texts(config: DefaultPipelineConfig, paths: PipelinePaths, spec: SceneCacheSpec, *,
+                   detector: str = "teacher") -> list[str]:
     """Every text the teacher's CLIP text tower was trained on: the captions of its scenes and the
     caption-concept phrases in each prompt template (what :func:`~regionprompt.vl.compact.keep_learnt_tokens`
-    keeps), plus the pool in the detector's own templates."""
+    keeps), plus the pool in the detector's own templates.
+
+    ``detector`` is the candidate being installed. ``"trex2"``: T-Rex2 carries the teacher's text side
+    frozen, so the same texts apply, with its own templates, plus every base concept name in them --
+    its text iterations trained the prompt projection on those names' features, whatever their tokens.
+    """
     from regionprompt.vl.compact import teacher_training_texts
     from regionprompt.vl.templates import fill
 
+    templates = config.trex2.templates if detector == "trex2" and config.trex2 is not None else config.detector.templates
     pool_path = paths.teacher / "concept_pool.json"
     texts = teacher_training_texts(paths.cache(spec), pool_path)
     if pool_path.is_file():
         pool = [c["name"] for c in read_json(pool_path).get("concepts", [])]
-        texts += [text for name in pool for text in fill(config.detector.templates, name)]
+        texts += [text for name in pool for text in fill(templates, name)]
+    if detector == "trex2":
+        from regionprompt.world.concepts import load_concepts
+
+        texts += [text for c in load_concepts().subset("base") for text in fill(templates, c.name)]
     return texts
+
+
+def choose_candidate(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
+    """The candidate to keep: the highest AP50 (all categories; a missing one counts as 0), on a tie the
+    first in :data:`CANDIDATES` order (the RegionCLIP teacher, then the student, then T-Rex2).
+
+    Args:
+        evaluations: per candidate name, its ``eval-detector`` report (``report.json``: ``summary.AP50``).
+    Raises:
+        ValueError: a name that is not one of :data:`CANDIDATES`, or no candidate.
+    """
+    unknown = sorted(set(evaluations) - set(CANDIDATES))
+    if unknown or not evaluations:
+        raise ValueError(f"unknown candidates {unknown} (expected some of {', '.join(CANDIDATES)})")
+    return max(evaluations, key=lambda n: (evaluations[n]["summary"].get("AP50") or 0.0, -CANDIDATES.index(n)))
 
 
 def _pct(value: Any) -> str:
@@ -491,17 +584,27 @@ def _pct(value: Any) -> str:
 
 
 def _description(chosen: str, config: DefaultPipelineConfig) -> str:
+    teacher = (f"{config.teacher.card}, {config.teacher.text} text tower, pretrained on {config.teacher.num_scenes} "
+               f"{config.teacher.layout} {config.teacher.image_size} px image-caption pairs")
+    if chosen == "trex2" and config.trex2 is not None:
+        x = config.trex2
+        return (f"T-Rex2 detector on EmojiWorld: {x.num_queries} DETR queries over a {x.encoder_layers}-layer "
+                f"deformable encoder of the CLIP teacher's image tower ({teacher}), {x.decoder_layers} decoder layers, "
+                f"dim {x.dim}, trained {x.steps} steps of batch {x.batch_size} on {x.num_scenes} det-train scenes at "
+                f"{x.image_size} px (base boxes; text, box and point prompts, cycle {x.cycle!r}); text prompts go "
+                f"through the teacher's frozen text side, box and point exemplars through its visual prompt "
+                f"encoder. Profile {config.profile!r}.")
     clip = "the RegionCLIP student (region-text pretrained from the teacher's pseudo labels)" if chosen == "student" \
         else "the CLIP teacher"
     return (f"Zero-shot RegionCLIP detector on EmojiWorld: class-agnostic RPN proposals (trained on det-train base boxes) "
-            f"classified by {clip} ({config.teacher.card}, {config.teacher.text} text tower, pretrained on "
-            f"{config.teacher.num_scenes} {config.teacher.layout} {config.teacher.image_size} px image-caption pairs). "
-            f"Profile {config.profile!r}.")
+            f"classified by {clip} ({teacher}). Profile {config.profile!r}.")
 
 
 def _stage_records(paths: PipelinePaths, candidates: Mapping[str, Path]) -> dict[str, Any]:
     """What each trainer recorded (``recipe.json``: recipe, data, final loss, seconds), plus pseudo-label identity."""
     records = {"teacher": read_json(paths.teacher / RECIPE_FILE), "rpn": read_json(paths.rpn / RECIPE_FILE)}
+    if "trex2" in candidates:
+        records["trex2"] = read_json(paths.trex2 / RECIPE_FILE)
     if "student" in candidates:
         records["student"] = read_json(paths.student / RECIPE_FILE)
         meta = read_json(paths.pseudo_labels / "meta.json")
@@ -522,9 +625,10 @@ def _evaluation_entry(evaluations: Mapping[str, dict[str, Any]], chosen: str, co
     }
     if len(evaluations) > 1:
         entry["candidates"] = {name: r["summary"] for name, r in evaluations.items()}
-        entry["choice"] = "the candidate with the highest AP50 (all categories); the teacher on a tie"
+        entry["choice"] = ("the candidate with the highest AP50 (all categories); on a tie the first of "
+                           + ", ".join(n for n in CANDIDATES if n in evaluations))
     return entry
 
 
-__all__ = ["STAGES", "STATE_FILE", "PipelinePaths", "PipelineResult", "PipelineState", "StageReport", "cache_name",
-           "run_default_pipeline", "scene_specs", "settings_key"]
+__all__ = ["CANDIDATES", "STAGES", "STATE_FILE", "PipelinePaths", "PipelineResult", "PipelineState", "StageReport", "cache_name",
+           "choose_candidate", "run_default_pipeline", "scene_specs", "settings_key", "training_texts"]

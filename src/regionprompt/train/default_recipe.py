@@ -6,9 +6,12 @@ the commands it replaces::
     regionprompt train clip --layout iconic --image-size 64 --steps 400 --batch-size 128 \\
         --warmup-steps 30 --concept-negatives 256                     # teacher
     regionprompt train rpn --steps 1000 --batch-size 8                # proposals
-    (zero-shot RegionCLIP detector: teacher + RPN)
+    regionprompt train detector --arch trex2 --clip TEACHER/model \\
+        --steps 4000 --batch-size 4                                   # T-Rex2 (``trex2=None``: off)
+    (zero-shot RegionCLIP detector: teacher + RPN; T-Rex2 detector: its own boxes)
     regionprompt pseudo-label ... ; regionprompt train regions ...    # optional student (``student=True``)
     regionprompt eval-detector --mode text                            # on a 100-image test build
+                                                                      # per candidate; the best AP50 is kept
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from regionprompt.detect.regionclip.zeroshot import ZeroShotConfig
+from regionprompt.detect.trex2_engine import TRex2DetectConfig
 from regionprompt.errors import RegionPromptError
 from regionprompt.regionclip.pseudo_labels import PseudoLabelConfig
 from regionprompt.train.clip_pretrain import ClipPretrainConfig
 from regionprompt.train.regions import RegionPretrainConfig
 from regionprompt.train.rpn import RpnTrainConfig
+from regionprompt.train.trex2 import TRex2TrainConfig
+from regionprompt.vl.cards import load_card
 
 PROFILES = ("default", "fast")
 
@@ -34,6 +40,11 @@ RPN = RpnTrainConfig(steps=1000, batch_size=8)
 # test images the iconic-64 teacher's AP50 over 1,177 names was 0.9 / 0.9 / 1.6 / 1.9 / 1.5 / 1.6 % at
 # 64 / 128 / 160 / 224 / 320 / 448 px (all near the floor; 224 the best of them).
 DETECTOR = ZeroShotConfig(max_proposals=100, input_size=224)
+#: The T-Rex2 candidate: 320 px det-train scenes (the RPN's cache), backbone and frozen text side from the
+#: teacher (``clip`` is replaced by the teacher's model folder when the pipeline runs). 4000 steps:
+#: ~75-115 min with one thread on the shared 2-core machine.
+TREX2 = TRex2TrainConfig(steps=4000, batch_size=4)
+TREX2_DETECT = TRex2DetectConfig()
 
 
 @dataclass(frozen=True)
@@ -41,8 +52,13 @@ class DefaultPipelineConfig:
     """Everything ``regionprompt train default`` does (recorded in the model card).
 
     The stage configs are those of the stage trainers; ``student`` switches the optional RegionCLIP
-    student (pseudo labels + region-text pretraining) on, after which the better of the two detectors by
-    AP50 on the evaluation build is kept.
+    student (pseudo labels + region-text pretraining) on and ``trex2`` the T-Rex2 detector (``None``:
+    off); of every detector built, the best by AP50 on the evaluation build is kept.
+
+    ``trex2.clip`` is not used as given: the pipeline trains T-Rex2 on the teacher's model folder
+    (``OUT/teacher/model``: backbone and frozen text side), and the T-Rex2 stage's settings key holds
+    the teacher's weights hash in its place, so a moved run folder or another path spelling does not
+    retrain it while a new teacher does.
     """
 
     profile: str = "default"  # "default" or "fast" (tiny, for tests); recorded, not interpreted
@@ -56,6 +72,8 @@ class DefaultPipelineConfig:
     pseudo_label_pool: str = "teacher"  # "teacher": the teacher's caption-concept pool; "emojiworld" (oracle) or a pool file
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     regions: RegionPretrainConfig = field(default_factory=RegionPretrainConfig)
+    trex2: TRex2TrainConfig | None = TREX2  # the T-Rex2 candidate; None: RegionCLIP detectors only
+    trex2_detect: TRex2DetectConfig = TREX2_DETECT  # how its query scores become detections
     eval_images: int = 100  # EmojiWorld test images of the evaluation build
     eval_seed: int = 1  # its world seed
     eval_max_detections: int = 100  # detections per image (and COCO maxDets)
@@ -73,6 +91,9 @@ class DefaultPipelineConfig:
             problems.append(f"pseudo label size must be a multiple of 32, got {self.pseudo_label_size}")
         if self.teacher.image_size is None:
             problems.append("the teacher recipe needs an explicit image_size (its scene cache is rendered at that size)")
+        if self.trex2 is not None and _vision_kind(self.teacher.card) not in ("resnet", None):
+            # T-Rex2 reads the res3-res5 maps of the teacher's image tower.
+            problems.append(f"the T-Rex2 stage needs a ResNet teacher card, got {self.teacher.card!r}; set trex2=None")
         if problems:
             raise RegionPromptError("invalid default-model recipe: " + "; ".join(problems))
 
@@ -80,7 +101,17 @@ class DefaultPipelineConfig:
         """JSON-able (tuples become lists)."""
         data = asdict(self)
         data["detector"] = self.detector.to_dict()
+        data["trex2_detect"] = self.trex2_detect.to_dict()
         return data
+
+
+def _vision_kind(card: str) -> str | None:
+    """``"resnet"`` / ``"vit"`` of a card name or path; ``None`` when it cannot be read here (the teacher
+    stage reports that)."""
+    try:
+        return load_card(card).vision.kind
+    except RegionPromptError:
+        return None
 
 
 def default_profile() -> DefaultPipelineConfig:
@@ -101,6 +132,11 @@ def fast_profile() -> DefaultPipelineConfig:
         pseudo_label_size=96,
         pseudo_labels=PseudoLabelConfig(max_proposals=10, top_k=3, templates="single", shard_images=4),
         regions=RegionPretrainConfig(steps=4, batch_size=4, regions_per_image=3, warmup_steps=2, checkpoint_every=4),
+        # 8 scenes at 64 px, batch 2: 4 batches per epoch; one template keeps the 1,177-name evaluation short.
+        trex2=replace(TREX2, image_size=64, dim=32, heads=2, points=2, encoder_layers=1, decoder_layers=2,
+                      prompt_layers=2, ffn_dim=64, num_queries=12, templates="single", num_scenes=8, batch_size=2,
+                      steps=6, warmup_steps=2, text_warmup_steps=2, dn_queries=12, checkpoint_every=5),
+        trex2_detect=TRex2DetectConfig(batch_size=2),
         eval_images=4,
         eval_batch_size=2,
         workers=1,
@@ -113,4 +149,4 @@ def profile(name: str) -> DefaultPipelineConfig:
     return fast_profile() if name == "fast" else default_profile()
 
 
-__all__ = ["DETECTOR", "PROFILES", "RPN", "TEACHER", "DefaultPipelineConfig", "default_profile", "fast_profile", "profile"]
+__all__ = ["DETECTOR", "PROFILES", "RPN", "TEACHER", "TREX2", "TREX2_DETECT", "DefaultPipelineConfig", "default_profile", "fast_profile", "profile"]
