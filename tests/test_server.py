@@ -373,12 +373,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_detector(tmp_path_factory.mktemp("tiny") / "detector")
 
 
-def test_real_detector_behind_the_server(tiny_model: Path, library: ConceptLibrary, scene: Scene) -> None:
+@pytest.fixture(scope="module")
+def tiny_trex2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_detector import build_tiny_trex2_detector
+
+    return build_tiny_trex2_detector(tmp_path_factory.mktemp("tiny") / "trex2")
+
+
+@pytest.mark.parametrize("kind", ["regionclip-zeroshot", "trex2"])
+def test_real_detector_behind_the_server(kind: str, request: pytest.FixtureRequest, library: ConceptLibrary,
+                                         scene: Scene) -> None:
     from regionprompt.api import Detector
 
-    detector = Detector.load(tiny_model, cache=None, concept_library=library)
+    folder = request.getfixturevalue("tiny_model" if kind != "trex2" else "tiny_trex2")
+    detector = Detector.load(folder, cache=None, concept_library=library)
+    assert detector.kind == kind
     with make_client(detector, library) as client:
         assert client.get("/health").json()["model_hash"] == detector.model_hash
+        assert client.get("/models").json()["models"][0]["kind"] == kind
         target = list(scene.labelled_objects[0].box_xyxy)
         body = detect(client, png(scene.image), {"text": ["dog"], "boxes": [target], "threshold": 0.0}).json()
         assert body["names"] == ["dog", "object"] and body["model_hash"] == detector.model_hash

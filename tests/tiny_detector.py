@@ -26,3 +26,15 @@ def build_tiny_detector(folder: Path, seed: int = 0) -> Path:
     config = ZeroShotConfig(max_proposals=16, max_detections=10)
     Detector.from_models(clip, rpn, config, cache=None).save(folder)
     return folder
+
+
+def build_tiny_trex2_detector(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny random T-Rex2 detector (RN-tiny backbone, 64 px input, 12 queries, 10 detections) to ``folder``."""
+    from regionprompt.detect.trex2_engine import TRex2DetectConfig
+    from regionprompt.trex2 import TRex2Card, build_trex2
+    from regionprompt.vl.cards import load_card
+
+    card = TRex2Card(clip=load_card("RN-tiny"), image_size=64, dim=32, heads=2, points=2, encoder_layers=1,
+                     decoder_layers=2, prompt_layers=2, ffn_dim=64, num_queries=12)
+    Detector.from_trex2(build_trex2(card, seed=seed), TRex2DetectConfig(max_detections=10)).save(folder)
+    return folder
