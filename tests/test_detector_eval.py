@@ -21,6 +21,7 @@ from regionprompt.eval.detector_eval import (
     DetectorEvalConfig,
     configure,
     evaluate_detector,
+    generic_concepts,
 )
 from regionprompt.eval.detector_eval_config import BACKGROUNDS
 from regionprompt.eval.eval_set import (
@@ -220,6 +221,21 @@ def test_visual_generic_uses_exemplars_and_counts_skipped_categories(detector, w
     assert {p["category_id"] for p in result.predictions} <= with_exemplars
     assert result.settings["background"] == "none" and 0 <= result.report.ap50 <= 1
 
+    with pytest.raises(EvaluationError, match="needs exemplars"):
+        evaluate_detector(detector, world["gt"], config)
+
+
+def test_mixed_mode_adds_each_name_to_its_exemplars(detector, world):
+    data, exemplar_set = load_eval_set(world["gt"]), load_eval_set(world["exemplars"])
+    picks = pick_exemplars(exemplar_set, [data.names[c] for c in data.category_ids], images_per_category=2, seed=0)
+    for concept in generic_concepts(detector, picks, with_text=True):
+        kinds = [s["kind"] for s in concept.sources]
+        assert kinds[0] == "text" and concept.sources[0]["text"] == concept.name
+        assert kinds[1:] == ["box"] * len(picks[concept.name])
+    config = DetectorEvalConfig(mode="mixed", proposals="gt", exemplar_images=2)
+    result = evaluate_detector(detector, world["gt"], config, exemplars=world["exemplars"])
+    assert result.settings["mode"] == "mixed" and any("mixed" in note for note in result.notes)
+    assert {p["category_id"] for p in result.predictions} <= {c for c in data.category_ids if data.names[c] in picks}
     with pytest.raises(EvaluationError, match="needs exemplars"):
         evaluate_detector(detector, world["gt"], config)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 MODE_HELP = {
     "text": "search every image for the whole vocabulary (every category name) with text prompts",
     "visual-generic": "one concept per category from exemplar boxes on up to K images of --exemplars",
+    "mixed": "as visual-generic, with each category's name added to its exemplars (text + visual prompts)",
     "visual-interactive": "per image and category present, ground-truth box(es) of that image as the prompt",
     "negatives": "look-alike pairs: false positives on the look-alike and AP, without vs with negative prompts",
 }
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = DetectorEvalConfig()
     parser = subparsers.add_parser(
         "eval-detector",
-        help="evaluate a detector: text / visual-generic / visual-interactive prompts, negatives on look-alikes",
+        help="evaluate a detector: text / visual-generic / visual-interactive / mixed prompts, negatives on look-alikes",
         description="Run a detector folder (RegionCLIP: detector.json + clip/ + rpn/; T-Rex2: detector.json + trex2/, "
         "or a bare T-Rex2 model folder) on a COCO build whose categories carry "
         "'split' and 'frequency' (e.g. `regionprompt world build --split test --images 300 --seed 1 --out DIR`) "
@@ -49,10 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, default=d.threshold,
                         help=f"minimum detection score (default {d.threshold:g})")
     parser.add_argument("--exemplars", type=Path, default=None, metavar="JSON|DIR",
-                        help="a SEPARATE build giving exemplar boxes (visual-generic, --negative-kind visual), "
+                        help="a SEPARATE build giving exemplar boxes (visual-generic, mixed, --negative-kind visual), "
                              "e.g. `world build --split val --seed 2`")
     parser.add_argument("--exemplar-images", type=int, default=d.exemplar_images, metavar="K",
-                        help=f"visual-generic: one exemplar from each of up to K images (default {d.exemplar_images})")
+                        help=f"visual-generic, mixed: one exemplar from each of up to K images (default {d.exemplar_images})")
     parser.add_argument("--prompt-boxes", type=int, default=d.prompt_boxes, metavar="N",
                         help=f"visual-interactive: ground-truth boxes per prompt (default {d.prompt_boxes})")
     parser.add_argument("--pairs", type=int, default=d.pairs, metavar="N",

@@ -1,4 +1,4 @@
-"""Evaluate a :class:`~regionprompt.api.Detector` on a COCO build (EmojiWorld ``test``) in four protocols.
+"""Evaluate a :class:`~regionprompt.api.Detector` on a COCO build (EmojiWorld ``test``) in five protocols.
 
 * ``text``: every image is searched for the whole vocabulary (every category name of the ground truth,
   1,177 for EmojiWorld) with text prompts -- RegionCLIP's open-vocabulary protocol. The vocabulary is
@@ -11,6 +11,8 @@
 * ``visual-interactive``: on each image, for each category present, ``prompt_boxes`` ground-truth boxes
   of that category drawn on the same image are the prompt (T-Rex2's interactive protocol). The prompt
   box itself is one of the objects to find, so it counts as a found object, as in T-Rex2.
+* ``mixed``: as ``visual-generic``, with each category's name added to its exemplars (text + visual
+  prompts of one category, averaged into one embedding).
 * ``negatives``: look-alike pairs (:mod:`regionprompt.eval.lookalike`).
 
 ``proposals``: ``"rpn"`` runs the detector's proposal network; ``"gt"`` classifies the ground-truth
@@ -215,10 +217,14 @@ def evaluate_text(detector: Detector, data: EvalSet, config: DetectorEvalConfig,
     return Outcome(report, {"images": len(data.images), "vocabulary": len(concepts)}, (), results)
 
 
-def generic_concepts(detector: Detector, exemplars: Mapping[str, Sequence[Exemplar]]) -> list[PromptConcept]:
-    """One concept per category: the mean region embedding of its exemplars (drawn on other images)."""
+def generic_concepts(detector: Detector, exemplars: Mapping[str, Sequence[Exemplar]], *,
+                     with_text: bool = False) -> list[PromptConcept]:
+    """One concept per category from its exemplars (drawn on other images); ``with_text``: plus its name
+    (a mixed prompt)."""
     prompts = [ex.prompt(name) for name, items in exemplars.items() for ex in items]
-    return detector.make_concepts(boxes=prompts) if prompts else []
+    if not prompts:
+        return []
+    return detector.make_concepts(text=list(exemplars) if with_text else None, boxes=prompts)
 
 
 def evaluate_visual_generic(detector: Detector, data: EvalSet, exemplar_set: EvalSet, config: DetectorEvalConfig,
@@ -229,8 +235,9 @@ def evaluate_visual_generic(detector: Detector, data: EvalSet, exemplar_set: Eva
     if not picks:
         raise EvaluationError(f"the exemplar set {exemplar_set.source} holds no box of any category of {data.source}")
     LOG.info("embedding exemplars: %d categories, %d boxes", len(picks), sum(len(v) for v in picks.values()))
-    concepts = generic_concepts(detector, picks)
-    results = search_concepts(detector, data, concepts, config, log, tag="generic")
+    mixed = config.mode == "mixed"
+    concepts = generic_concepts(detector, picks, with_text=mixed)
+    results = search_concepts(detector, data, concepts, config, log, tag="mixed" if mixed else "generic")
     ids = data.ids_by_name()
     kept = [ids[name] for name in picks]
     present = set(data.present_category_ids())
@@ -249,7 +256,8 @@ def evaluate_visual_generic(detector: Detector, data: EvalSet, exemplar_set: Eva
         "exemplar_boxes": sum(len(v) for v in picks.values()),
     }
     notes.append(f"exemplars: one box from each of up to {config.exemplar_images} images per category of "
-                 f"{exemplar_set.source}; categories without exemplars are left out of the AP (counted above)")
+                 f"{exemplar_set.source}; categories without exemplars are left out of the AP (counted above)"
+                 + ("; each category's name is part of its prompt (mixed)" if mixed else ""))
     return Outcome(report, counts, tuple(notes), results)
 
 
@@ -312,7 +320,8 @@ def evaluate_detector(detector: Detector, gt: str | Path, config: DetectorEvalCo
         raise EvaluationError("a T-Rex2 detector finds its own boxes: evaluate it with proposals 'rpn' (its own)")
     if config.proposals == "rpn" and detector.kind != "trex2" and detector.engine.proposal_source is None:
         raise EvaluationError(f"detector {detector.source} has no proposal network: use proposals 'gt'")
-    needs_exemplars = config.mode == "visual-generic" or (config.mode == "negatives" and config.negative_kind == "visual")
+    needs_exemplars = config.mode in ("visual-generic", "mixed") or (config.mode == "negatives"
+                                                                     and config.negative_kind == "visual")
     if needs_exemplars and exemplars is None:
         raise EvaluationError(f"mode {config.mode!r} needs exemplars: a separate build (e.g. a val build) to draw them from")
     if concepts is not None and config.mode != "text":
@@ -326,7 +335,7 @@ def evaluate_detector(detector: Detector, gt: str | Path, config: DetectorEvalCo
         "gt": data.source, "model": detector.source, "model_hash": detector.model_hash,
         "max_proposals": getattr(tuned.config, "max_proposals", None), "seed": config.seed,
     }
-    if config.mode == "visual-generic" or needs_exemplars:
+    if needs_exemplars:
         settings.update(exemplars=exemplar_set.source, exemplar_images=config.exemplar_images)
     if config.mode == "visual-interactive":
         settings["prompt_boxes"] = config.prompt_boxes
@@ -343,7 +352,7 @@ def evaluate_detector(detector: Detector, gt: str | Path, config: DetectorEvalCo
                                   time.perf_counter() - start)
     if config.mode == "text":
         outcome = evaluate_text(tuned, data, config, log, concepts=concepts)
-    elif config.mode == "visual-generic":
+    elif config.mode in ("visual-generic", "mixed"):
         outcome = evaluate_visual_generic(tuned, data, exemplar_set, config, log)
     else:
         outcome = evaluate_visual_interactive(tuned, data, config, log)

@@ -9,11 +9,12 @@ from regionprompt.errors import EvaluationError
 
 #: ``ZeroShotConfig.background`` values (kept equal to ``zeroshot.BACKGROUND_MODES``; a test checks).
 BACKGROUNDS = ("auto", "text", "none")
-MODES = ("text", "visual-generic", "visual-interactive", "negatives")
+MODES = ("text", "visual-generic", "visual-interactive", "mixed", "negatives")
 PROPOSAL_MODES = ("rpn", "gt")
 NEGATIVE_KINDS = ("text", "visual")
 #: ``background`` of each mode when the config leaves it ``None`` (module docstring).
-MODE_BACKGROUND = {"text": "none", "visual-generic": "none", "visual-interactive": "auto", "negatives": "auto"}
+MODE_BACKGROUND = {"text": "none", "visual-generic": "none", "visual-interactive": "auto", "mixed": "none",
+                   "negatives": "auto"}
 INTERACTIVE_NOTE = ("interactive protocol (T-Rex2): the prompt boxes are ground-truth boxes of the searched image, "
                     "so each prompt box itself counts as a found object")
 
@@ -28,7 +29,7 @@ class DetectorEvalConfig:
     max_images: int | None = None  # evaluate the first N images of the ground truth
     max_detections: int = 100  # kept per image after NMS (and COCO maxDets)
     threshold: float = 0.0  # minimum detection score (0: RegionCLIP's protocol)
-    exemplar_images: int = 5  # visual-generic (and visual negatives): K images giving one exemplar each
+    exemplar_images: int = 5  # visual-generic, mixed (and visual negatives): K images giving one exemplar each
     prompt_boxes: int = 1  # visual-interactive: ground-truth boxes per prompt (T-Rex2: 1 and 3)
     pairs: int = 10  # negatives: look-alike category pairs (each run in both directions)
     negative_kind: str = "text"  # negatives: "text" (phrase vs phrase) or "visual" (exemplars vs exemplars)
