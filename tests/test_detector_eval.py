@@ -15,7 +15,7 @@ from torchvision.ops import box_iou
 from regionprompt.api import Detector
 from regionprompt.cli import main
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.regionclip.zeroshot import BACKGROUND_MODES
+from regionprompt.detect.regionclip.zeroshot import ALL_BACKGROUND_MODES
 from regionprompt.errors import EvaluationError
 from regionprompt.eval.detector_eval import (
     DetectorEvalConfig,
@@ -84,7 +84,10 @@ def _gt_boxes(data):
 
 
 def test_backgrounds_match_the_detector():
-    assert set(BACKGROUNDS) == set(BACKGROUND_MODES)
+    assert set(BACKGROUNDS) == set(ALL_BACKGROUND_MODES)
+    config = DetectorEvalConfig(mode="text")
+    assert config.background_for("learned") == "learned" and config.background_for("auto") == "none"
+    assert DetectorEvalConfig(mode="text", background="auto").background_for("learned") == "auto"
 
 
 def test_text_mode_gt_boxes_embeds_the_vocabulary_once(detector, world, monkeypatch):

@@ -7,6 +7,11 @@ A detector folder::
     clip/           the RegionPromptCLIP (model.safetensors + card.json): region and text encoders
     rpn/            the ProposalNetwork (model.safetensors + card.json); "rpn": null for a detector
                     that only classifies boxes it is given (``proposals=``)
+    background.safetensors
+                    optional (``"background": "background.safetensors"`` in detector.json): the ``(D,)``
+                    background embedding learned by open-vocabulary transfer (``regionprompt train
+                    detector --arch regionclip``) under the key ``"background"``; ``"config"``'s
+                    ``"background": "learned"`` requires it
 
 or, for a T-Rex2 detector (``regionprompt train detector --arch trex2``)::
 
@@ -36,13 +41,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from regionprompt.concept import PromptConcept
-from regionprompt.data.files import atomic_write_text, dump_json, is_safe_relative
+from regionprompt.data.files import (
+    atomic_write,
+    atomic_write_text,
+    dump_json,
+    is_safe_relative,
+)
 from regionprompt.detect.proposals import ProposalSource
-from regionprompt.detect.regionclip.zeroshot import ZeroShotConfig, ZeroShotDetector
+from regionprompt.detect.regionclip.zeroshot import (
+    LEARNED_BACKGROUND,
+    ZeroShotConfig,
+    ZeroShotDetector,
+)
 from regionprompt.detect.trex2_engine import TRex2DetectConfig, TRex2Engine
 from regionprompt.errors import CheckpointError, PromptError, RegionPromptError
+from regionprompt.model_dir import read_weights
 from regionprompt.prompts import (
     BoxPrompt,
     PointPrompt,
@@ -59,6 +75,8 @@ DETECTOR_FILE = "detector.json"
 DETECTOR_KIND = "regionclip-zeroshot"
 TREX2_KIND = "trex2"
 FORMAT_VERSION = 1
+BACKGROUND_FILE = "background.safetensors"  # learned background embedding of a RegionCLIP detector folder
+BACKGROUND_KEY = "background"  # its tensor's name in that file
 DEFAULT_VISUAL_LABEL = "object"
 
 
@@ -185,9 +203,12 @@ class Detector:
 
     @classmethod
     def from_models(cls, clip: RegionPromptCLIP, rpn: ProposalSource | None = None, config: ZeroShotConfig | None = None,
-                    *, cache: EmbeddingCache | None = None, concept_library: Any = None) -> Detector:
-        """A detector from models in memory (``rpn=None``: classify given boxes only)."""
-        return cls(ZeroShotDetector(clip, rpn, config, cache=cache), concept_library=concept_library)
+                    *, cache: EmbeddingCache | None = None, concept_library: Any = None,
+                    background: torch.Tensor | None = None) -> Detector:
+        """A detector from models in memory (``rpn=None``: classify given boxes only; ``background``: a
+        ``(D,)`` learned background embedding, needed by ``config.background="learned"``)."""
+        return cls(ZeroShotDetector(clip, rpn, config, cache=cache, background_embedding=background),
+                   concept_library=concept_library)
 
     @classmethod
     def from_trex2(cls, model: Any, config: TRex2DetectConfig | None = None, *, cache: EmbeddingCache | None = None,
@@ -209,7 +230,8 @@ class Detector:
             known = {f.name for f in fields(ZeroShotConfig)}
             config = replace(self.engine.config, **{k: v for k, v in changes.items() if k in known})
             engine = ZeroShotDetector(self.engine.model, self.engine.proposal_source, config,
-                                      cache=self.engine.embedder.cache)
+                                      cache=self.engine.embedder.cache,
+                                      background_embedding=self.engine.background_embedding)
         return Detector(engine, source=self.source, concept_library=self._concept_library)
 
     @classmethod
@@ -252,11 +274,11 @@ class Detector:
             model, trex2_config = read_trex2_folder(folder, header)
             engine: ZeroShotDetector | TRex2Engine = TRex2Engine(model.to(device), trex2_config, cache=cache)
         else:
-            clip, rpn, config = read_detector_folder(folder)
+            clip, rpn, config, background = _read_regionclip_folder(folder)
             clip = clip.to(device)
             if isinstance(rpn, torch.nn.Module):
                 rpn = rpn.to(device)
-            engine = ZeroShotDetector(clip, rpn, config, cache=cache)
+            engine = ZeroShotDetector(clip, rpn, config, cache=cache, background_embedding=background)
         return cls(engine, source=str(folder), concept_library=concept_library)
 
     def save(self, directory: str | os.PathLike, *, compact: bool = False) -> Path:
@@ -279,6 +301,12 @@ class Detector:
             rpn.save(directory / "rpn")
         header = {"kind": DETECTOR_KIND, "format_version": FORMAT_VERSION, "clip": "clip",
                   "rpn": "rpn" if rpn is not None else None, "config": self.engine.config.to_dict()}
+        background = self.engine.background_embedding
+        if background is not None:
+            # Only detectors that have one name it: other folders stay exactly as before.
+            tensors = {BACKGROUND_KEY: background.detach().float().cpu().contiguous()}
+            atomic_write(directory / BACKGROUND_FILE, lambda tmp: save_file(tensors, tmp))
+            header["background"] = BACKGROUND_FILE
         atomic_write_text(directory / DETECTOR_FILE, dump_json(header, indent=2))
         self.source = str(directory)
         return directory
@@ -454,11 +482,20 @@ def read_trex2_folder(folder: Path, header: Mapping[str, Any]) -> tuple[Any, TRe
 
 
 def read_detector_folder(folder: Path) -> tuple[RegionPromptCLIP, ProposalSource | None, ZeroShotConfig]:
-    """The CLIP model, proposal network (or ``None``) and config of a RegionCLIP detector folder.
+    """The CLIP model, proposal network (or ``None``) and config of a RegionCLIP detector folder
+    (its learned background embedding, if any, is read and checked too; :meth:`Detector.load` uses it).
 
     Raises:
         CheckpointError: anything missing or malformed, naming the file.
     """
+    clip, rpn, config, _ = _read_regionclip_folder(folder)
+    return clip, rpn, config
+
+
+def _read_regionclip_folder(
+    folder: Path,
+) -> tuple[RegionPromptCLIP, ProposalSource | None, ZeroShotConfig, torch.Tensor | None]:
+    """Everything a RegionCLIP detector folder holds: CLIP, proposal network, config, learned background."""
     header_path = folder / DETECTOR_FILE
     header = read_detector_header(folder)
     if header["kind"] != DETECTOR_KIND:
@@ -467,14 +504,43 @@ def read_detector_folder(folder: Path) -> tuple[RegionPromptCLIP, ProposalSource
         config = ZeroShotConfig.from_dict(dict(header.get("config") or {}))
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{header_path}: {exc}") from None
+    if config.background == LEARNED_BACKGROUND and header.get("background") is None:
+        # Checked before loading the models: the folder is unusable as configured, whatever they hold.
+        raise CheckpointError(
+            f"{header_path}: config background 'learned' needs a learned background embedding, but the file names "
+            f"none (expected \"background\": \"{BACKGROUND_FILE}\", written by `regionprompt train detector --arch "
+            "regionclip`); set the config's background to 'auto', 'text' or 'none' to use this folder without one"
+        )
     clip = RegionPromptCLIP.load(_sub_folder(folder, header, "clip"))
     rpn = None
     if header.get("rpn") is not None:
         from regionprompt.detect.rpn import ProposalNetwork
 
         rpn = ProposalNetwork.load(_sub_folder(folder, header, "rpn"))
-    return clip, rpn, config
+    background = None
+    name = header.get("background")
+    if name is not None:
+        if not isinstance(name, str) or not is_safe_relative(name):
+            raise CheckpointError(f"{header_path}: 'background' must name a file inside the folder, got {name!r}")
+        background = _read_background(folder / name, clip.embed_dim)
+    return clip, rpn, config, background
 
 
-__all__ = ["DETECTOR_FILE", "DETECTOR_KIND", "TREX2_KIND", "Detector", "build_prompts", "default_model_dir",
-           "read_detector_folder", "read_detector_header", "read_trex2_folder"]
+def _read_background(path: Path, dim: int) -> torch.Tensor:
+    """The ``(dim,)`` float32 tensor ``"background"`` of a safetensors file, checked."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the learned background embedding named in {DETECTOR_FILE} is missing")
+    tensors = read_weights(path)
+    embedding = tensors.get(BACKGROUND_KEY)
+    if embedding is None or embedding.shape != (dim,) or not embedding.is_floating_point():
+        found = {k: tuple(v.shape) for k, v in tensors.items()}
+        raise CheckpointError(f"{path}: expected one float tensor {BACKGROUND_KEY!r} of shape ({dim},) "
+                              f"(the CLIP model's embedding size), found {found}")
+    if not torch.isfinite(embedding).all():
+        raise CheckpointError(f"{path}: the learned background embedding holds inf or NaN")
+    return embedding.float()
+
+
+__all__ = ["BACKGROUND_FILE", "DETECTOR_FILE", "DETECTOR_KIND", "TREX2_KIND", "Detector", "build_prompts",
+           "default_model_dir", "read_detector_folder", "read_detector_header",
+           "read_trex2_folder"]

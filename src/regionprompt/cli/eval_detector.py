@@ -42,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="rpn: the detector's proposal network (T-Rex2: its own queries); gt: classify the ground-truth "
                              f"boxes (RegionCLIP only: recognition, RegionCLIP's benchmark) (default {d.proposals})")
     defaults = ", ".join(f"{m}: {b}" for m, b in MODE_BACKGROUND.items())
-    parser.add_argument("--background", choices=["none", "auto", "text"], default=None,
-                        help=f"background class (default per mode: {defaults}; none = RegionCLIP's protocol)")
+    parser.add_argument("--background", choices=["none", "auto", "text", "learned"], default=None,
+                        help=f"background class (default per mode: {defaults}, or 'learned' for a detector that learned one; "
+                             "none = RegionCLIP's zero-shot protocol)")
     parser.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate the first N images")
     parser.add_argument("--max-detections", type=int, default=d.max_detections, metavar="N",
                         help=f"detections per image after NMS, and COCO maxDets (default {d.max_detections})")

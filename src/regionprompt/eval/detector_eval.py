@@ -328,9 +328,10 @@ def evaluate_detector(detector: Detector, gt: str | Path, config: DetectorEvalCo
         raise EvaluationError("concepts can only replace the vocabulary in the text mode")
     data = load_eval_set(gt, image_root=image_root, max_images=config.max_images)
     exemplar_set = load_eval_set(exemplars) if needs_exemplars else None
-    tuned = configure(detector, background=config.resolved_background, max_detections=config.max_detections)
+    background = config.background_for(getattr(detector.config, "background", None))
+    tuned = configure(detector, background=background, max_detections=config.max_detections)
     settings = {
-        "mode": config.mode, "proposals": config.proposals, "background": config.resolved_background,
+        "mode": config.mode, "proposals": config.proposals, "background": background,
         "max_detections": config.max_detections, "threshold": config.threshold, "images": len(data.images),
         "gt": data.source, "model": detector.source, "model_hash": detector.model_hash,
         "max_proposals": getattr(tuned.config, "max_proposals", None), "seed": config.seed,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from regionprompt.errors import EvaluationError
 
-#: ``ZeroShotConfig.background`` values (kept equal to ``zeroshot.BACKGROUND_MODES``; a test checks).
-BACKGROUNDS = ("auto", "text", "none")
+#: ``ZeroShotConfig.background`` values (kept equal to ``zeroshot.ALL_BACKGROUND_MODES``; a test checks).
+BACKGROUNDS = ("auto", "text", "none", "learned")
 MODES = ("text", "visual-generic", "visual-interactive", "mixed", "negatives")
 PROPOSAL_MODES = ("rpn", "gt")
 NEGATIVE_KINDS = ("text", "visual")
@@ -64,6 +64,13 @@ class DetectorEvalConfig:
     @property
     def resolved_background(self) -> str:
         return self.background or MODE_BACKGROUND[self.mode]
+
+    def background_for(self, detector_background: str | None) -> str:
+        """The background to evaluate with: the configured one, else the detector's own when it learned one
+        (open-vocabulary transfer), else the mode's default."""
+        if self.background is None and detector_background == "learned":
+            return "learned"
+        return self.resolved_background
 
 
 __all__ = ["BACKGROUNDS", "INTERACTIVE_NOTE", "MODES", "MODE_BACKGROUND", "NEGATIVE_KINDS", "PROPOSAL_MODES",

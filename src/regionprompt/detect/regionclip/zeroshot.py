@@ -19,6 +19,13 @@ Background (``ZeroShotConfig.background``):
   visual part, averaged for mixed prompts -- because region-to-region cosines (visual prompts) run far
   higher than region-to-text cosines (CLIP's modality gap), so a text background would never win
   against a visual prompt. ``p_rc = exp(s_rc/T) / (sum_j exp(s_rj/T) + exp(s_rb_c/T))``.
+* ``"learned"``: one background class whose embedding ``b`` (``(D,)``, not normalised: its length is
+  learned too) was trained with the region encoder by open-vocabulary transfer
+  (:mod:`regionprompt.train.ov_transfer`, RegionCLIP's detector fine-tuning):
+  ``p_rc = exp(s_rc/T) / (sum_j exp(s_rj/T) + exp(r.b/T))`` with ``r`` the normalised region embedding,
+  exactly the classifier it was trained as. Needs the detector's ``background_embedding``
+  (``background.safetensors`` of a detector folder); only meaningful with the CLIP it was trained with
+  and with text prompts (a learned background sits on the region-to-text cosine scale).
 
 Negative prompts: a candidate of category ``c`` is dropped when its region is closer (cosine) to one of
 ``c``'s negative embeddings than to ``c``'s own embedding. Compare like with like: a negative of the
@@ -47,14 +54,19 @@ from regionprompt.detect.regionclip.prompting import (
     mean_embedding,
 )
 from regionprompt.detect.regionclip.regions import RegionEncoder
-from regionprompt.errors import BoxFormatError, RegionPromptError
+from regionprompt.errors import BoxFormatError, CheckpointError, RegionPromptError
 from regionprompt.images import LoadedImage, load_image, to_tensor
 from regionprompt.prompts import PromptCategory, validate_visual_prompts
 from regionprompt.results import Detections
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache, PromptEmbedder
 
+#: Background modes that work with any CLIP model (nothing trained besides the CLIP).
 BACKGROUND_MODES = ("auto", "text", "none")
+#: The background mode of a detector trained by open-vocabulary transfer (a learned ``(D,)`` embedding).
+LEARNED_BACKGROUND = "learned"
+#: Every value ``ZeroShotConfig.background`` accepts.
+ALL_BACKGROUND_MODES = (*BACKGROUND_MODES, LEARNED_BACKGROUND)
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,7 @@ class ZeroShotConfig:
     """How the zero-shot detector scores regions (saved in a detector folder's ``detector.json``)."""
 
     temperature: float = 0.01  # cosine / T before the softmax (RegionCLIP: 0.01)
-    background: str = "auto"  # "auto" | "text" | "none" (module docstring)
+    background: str = "auto"  # "auto" | "text" | "none" | "learned" (module docstring)
     background_texts: tuple[str, ...] = ("background",)  # phrases whose text embedding is "not an object"
     templates: str = "emoji"  # prompt template set for text prompts ("emoji" for EmojiWorld models)
     input_size: int | None = None  # square model input side; None: the CLIP card's image_size
@@ -77,10 +89,11 @@ class ZeroShotConfig:
         problems = []
         if not self.temperature > 0:
             problems.append(f"temperature must be > 0, got {self.temperature}")
-        if self.background not in BACKGROUND_MODES:
-            problems.append(f"background must be one of {BACKGROUND_MODES}, got {self.background!r}")
-        if self.background != "none" and not self.background_texts:
-            problems.append("background_texts must not be empty unless background is 'none'")
+        if self.background not in ALL_BACKGROUND_MODES:
+            problems.append(f"background must be one of {ALL_BACKGROUND_MODES}, got {self.background!r}")
+        # "learned" uses no phrase, so it may go without them like "none".
+        if self.background not in ("none", LEARNED_BACKGROUND) and not self.background_texts:
+            problems.append("background_texts must not be empty unless background is 'none' or 'learned'")
         if self.input_size is not None and self.input_size < 32:
             problems.append(f"input_size must be >= 32, got {self.input_size}")
         if min(self.max_proposals, self.max_detections, self.batch_size) < 1:
@@ -151,12 +164,27 @@ class ZeroShotDetector:
         proposals: where proposals come from; ``None``: callers must give boxes (``proposals=``).
         config: scoring settings.
         cache: persistent text-embedding cache (``None``: recompute every call).
+        background_embedding: ``(D,)`` learned background embedding (open-vocabulary transfer), used by
+            ``background="learned"`` and kept (unused) under the other modes so that
+            :meth:`~regionprompt.api.Detector.reconfigure` can switch back to it.
+
+    Raises:
+        CheckpointError: ``background="learned"`` without a background embedding, or one whose shape
+            does not match the model's embedding size or that holds inf / NaN.
     """
 
     def __init__(self, model: RegionPromptCLIP, proposals: ProposalSource | None = None,
-                 config: ZeroShotConfig | None = None, *, cache: EmbeddingCache | None = None) -> None:
+                 config: ZeroShotConfig | None = None, *, cache: EmbeddingCache | None = None,
+                 background_embedding: torch.Tensor | None = None) -> None:
         self.model = model.eval()
         self.config = config or ZeroShotConfig()
+        self.background_embedding = self._checked_background(background_embedding, model.embed_dim)
+        if self.config.background == LEARNED_BACKGROUND and self.background_embedding is None:
+            raise CheckpointError(
+                "background 'learned' needs the learned background embedding of an open-vocabulary-transfer "
+                "detector (background.safetensors of a folder written by `regionprompt train detector --arch "
+                "regionclip`); this detector has none: use background 'auto', 'text' or 'none'"
+            )
         self.proposal_source = proposals
         self.regions = RegionEncoder(model, input_size=self.config.input_size)
         self.embedder = PromptEmbedder(model.text_encoder(), templates=self.config.templates, cache=cache)
@@ -167,6 +195,19 @@ class ZeroShotDetector:
             self.config.point_box_fraction,
         )
         self.model_hash = model.card.weights_hash or model.weights_hash()
+
+    @staticmethod
+    def _checked_background(embedding: torch.Tensor | None, dim: int) -> torch.Tensor | None:
+        """``(D,)`` float32 CPU copy of ``embedding`` (regions are scored on the CPU), or ``None``."""
+        if embedding is None:
+            return None
+        embedding = torch.as_tensor(embedding).detach()
+        if embedding.shape != (dim,):
+            raise CheckpointError(f"the learned background embedding has shape {tuple(embedding.shape)}, "
+                                  f"but the CLIP model embeds regions in {dim} dimensions")
+        if not torch.isfinite(embedding).all():
+            raise CheckpointError("the learned background embedding holds inf or NaN")
+        return embedding.float().cpu()
 
     # ---- proposals -------------------------------------------------------------------------------
 
@@ -268,6 +309,10 @@ class ZeroShotDetector:
         logits = sims / cfg.temperature
         if cfg.background == "none":
             log_p = logits.log_softmax(dim=1)
+        elif cfg.background == LEARNED_BACKGROUND:
+            # One background logit per region, shared by every category: the classifier it was trained as.
+            background_logits = (regions @ self.background_embedding)[:, None] / cfg.temperature  # (K, 1)
+            log_p = logits - torch.logaddexp(logits.logsumexp(dim=1, keepdim=True), background_logits)
         else:
             backgrounds = self._backgrounds(recipes, compiled, whole)  # (C, D)
             background_logits = (regions @ backgrounds.t()) / cfg.temperature
@@ -301,4 +346,4 @@ class ZeroShotDetector:
         return torch.stack(rows)
 
 
-__all__ = ["BACKGROUND_MODES", "ZeroShotConfig", "ZeroShotDetector"]
+__all__ = ["ALL_BACKGROUND_MODES", "BACKGROUND_MODES", "LEARNED_BACKGROUND", "ZeroShotConfig", "ZeroShotDetector"]
