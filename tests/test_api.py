@@ -135,7 +135,7 @@ def test_prompt_validation_messages(detector, scenes):
         ({"boxes": [(10, 10, 20)]}, "expected 4 numbers"),
         ({"boxes": [(0, 0, 500, 500)], "prompt_images": a.image}, "outside"),
         ({"boxes": [(0, 0, 5, 5), (1, 1, 6, 6)], "prompt_images": [a.image]}, "one per prompt"),
-        ({"negatives": ["cat"]}, "prompt list is empty"),
+        ({"negatives": ["cat"]}, "negative prompts need a text, box or point category"),
         ({"text": "dog", "threshold": 1.5}, "threshold"),
     ]
     for kwargs, message in cases:
@@ -149,6 +149,9 @@ def test_build_prompts_forms():
     assert kinds == [("TextPrompt", False), ("TextPrompt", False), ("BoxPrompt", False), ("PointPrompt", False),
                      ("TextPrompt", True), ("BoxPrompt", True)]
     assert prompts[2].label == "object" and prompts[5].label is None
+    # The server's JSON form of a text negative works from Python too.
+    [negative] = [p for p in build_prompts("dog", negatives=[{"text": "dog face"}]) if p.negative]
+    assert isinstance(negative, TextPrompt) and negative.text == "dog face"
 
 
 def test_default_model_ships_with_the_package():

@@ -18,7 +18,7 @@ or, for a T-Rex2 detector (``regionprompt train detector --arch trex2``)::
     detector.json   {"kind": "trex2", "format_version": 1, "model": "trex2", "config": {...TRex2DetectConfig...}}
     trex2/          the TRex2 model (model.safetensors + card.json): backbone, prompt encoders, decoder
 
-``A bare T-Rex2 model folder (``OUT/model`` of ``regionprompt train detector --arch trex2``) loads too, with
+A bare T-Rex2 model folder (``OUT/model`` of ``regionprompt train detector --arch trex2``) loads too, with
 the default :class:`TRex2DetectConfig`. ``Detector.load("default")`` reads the folder shipped inside the
 package (``regionprompt/models/default``).
 
@@ -158,7 +158,10 @@ def build_prompts(text: str | Sequence[str | TextPrompt] | None = None, *, boxes
     # Negative exemplars are drawn where the positive ones are, unless they say otherwise.
     negative_image = None if _is_image_list(prompt_images) else prompt_images
     for item in _items(negatives, 4):
-        if isinstance(item, (str, TextPrompt)):
+        if isinstance(item, (str, TextPrompt)) or (isinstance(item, Mapping) and "text" in item):
+            if isinstance(item, Mapping):  # {"text": "dog face", "label": "dog"}, as the server's JSON has it
+                prompts.append(TextPrompt(str(item["text"]), item.get("label"), negative=True))
+                continue
             phrase = item.text if isinstance(item, TextPrompt) else item
             prompts.append(TextPrompt(phrase, getattr(item, "label", None), negative=True))
         elif isinstance(item, PointPrompt) or (isinstance(item, Mapping) and "point" in item) or _is_coords(item, 2):
@@ -413,7 +416,7 @@ class Detector:
                                 visual_label=visual_label)
         resolved = self.resolve_concepts(concepts)
         positives = [p for p in prompts if not p.negative]
-        if not positives and not resolved:
+        if not positives and not resolved and not prompts:
             raise PromptError("the prompt list is empty: pass at least one text phrase, box, point or concept")
         if not positives and len(prompts):
             raise PromptError("negative prompts need a text, box or point category to apply to "

@@ -282,7 +282,7 @@ class ConceptLibrary:
         with self._connection(write=True) as conn:
             exists = conn.execute("SELECT name FROM concepts WHERE name = ?", (name,)).fetchone()
             if exists and not replace:
-                raise ConceptExistsError(f"a concept named {exists[0]!r} already exists in {self.path} (use replace to overwrite)")
+                raise ConceptExistsError(f"a concept named {exists[0]!r} already exists in {self.path} (pass replace=True, or --replace on the command line, to overwrite)")
             if exists:
                 conn.execute("DELETE FROM concepts WHERE name = ?", (name,))
             conn.execute(

@@ -3,8 +3,8 @@
 Every stage's settings are the config dataclass of that stage's own trainer, so the recipe reads like
 the commands it replaces::
 
-    regionprompt train clip --layout iconic --image-size 64 --steps 400 --batch-size 128 \\
-        --warmup-steps 30 --concept-negatives 256                     # teacher
+    regionprompt train clip --text clip --layout iconic --image-size 64 --steps 400 --batch-size 128 \\
+        --warmup-steps 30 --concept-negatives 256 --checkpoint-every 50  # teacher
     regionprompt train rpn --steps 1000 --batch-size 8                # proposals
     regionprompt train detector --arch trex2 --clip TEACHER/model \\
         --steps 4000 --batch-size 4                                   # T-Rex2 (``trex2=None``: off)
