@@ -123,3 +123,14 @@ def test_folder_roundtrip_full_and_compact(detector, scene, tmp_path):
     (tmp_path / "small" / "detector.json").write_text('{"kind": "trex2", "format_version": 1, "model": "../x"}')
     with pytest.raises(CheckpointError, match="sub-folder"):
         Detector.load(tmp_path / "small", cache=None)
+
+
+def test_default_threshold_comes_from_the_model(detector, scene):
+    assert detector.default_threshold == TRex2DetectConfig().score_threshold == 0.2
+    [implicit] = detector.predict(scene, text="dog")
+    [explicit] = detector.predict(scene, text="dog", threshold=0.2)
+    assert torch.equal(implicit.scores, explicit.scores) and (implicit.scores >= 0.2).all()
+    strict = detector.reconfigure(score_threshold=0.9)
+    assert strict.default_threshold == 0.9 and len(strict.predict(scene, text="dog")[0]) <= len(implicit)
+    with pytest.raises(ValueError, match="score_threshold"):
+        TRex2DetectConfig(score_threshold=1.5)

@@ -25,7 +25,7 @@ package (``regionprompt/models/default``).
 Example::
 
     detector = Detector.load("runs/detector")
-    [dets] = detector.predict("scene.png", text="dog, red apple", threshold=0.3)
+    [dets] = detector.predict("scene.png", text="dog, red apple")  # threshold: the model's default
     dets.plot(load_image("scene.png").image).save("out.png")
 """
 
@@ -325,6 +325,11 @@ class Detector:
     def config(self) -> ZeroShotConfig | TRex2DetectConfig:
         return self.engine.config
 
+    @property
+    def default_threshold(self) -> float:
+        """The score threshold ``predict`` uses when given none (the model's ``score_threshold``)."""
+        return float(self.engine.config.score_threshold)
+
     # ---- prompts ---------------------------------------------------------------------------------
 
     def _library(self) -> Any:
@@ -383,7 +388,7 @@ class Detector:
     def predict(self, images: Any, text: str | Sequence[str | TextPrompt] | None = None, *, boxes: Any = None,
                 points: Any = None, prompt_images: Any = None, negatives: Any = None,
                 concepts: Sequence[PromptConcept | str] | PromptConcept | str | None = None,
-                proposals: Sequence[Any] | None = None, threshold: float = 0.3,
+                proposals: Sequence[Any] | None = None, threshold: float | None = None,
                 visual_label: str = DEFAULT_VISUAL_LABEL) -> list[Detections]:
         """Detect what the prompts describe.
 
@@ -402,7 +407,7 @@ class Detector:
                 unlabelled negatives apply to every category.
             concepts: saved :class:`PromptConcept` s or names in the concept library.
             proposals: boxes to classify instead of the proposal network's, one ``(K, 4)`` per image.
-            threshold: minimum score in [0, 1].
+            threshold: minimum score in [0, 1]; ``None``: :attr:`default_threshold` (the model's own).
             visual_label: the category name of unlabelled boxes and points.
         Returns:
             One :class:`Detections` per image, in order.
@@ -410,6 +415,8 @@ class Detector:
             PromptError: no prompt, an empty phrase, a box outside its image, an unknown concept or one
                 made by another model.
         """
+        if threshold is None:
+            threshold = self.default_threshold
         if not 0 <= threshold <= 1:
             raise PromptError(f"threshold must be in [0, 1], got {threshold}")
         prompts = build_prompts(text, boxes=boxes, points=points, prompt_images=prompt_images, negatives=negatives,

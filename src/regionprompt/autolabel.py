@@ -156,7 +156,7 @@ def journal_dataset(records: dict[str, dict[str, Any]], names: Sequence[str], se
 
 
 def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLike, concepts: Sequence[PromptConcept], *,
-                 threshold: float = 0.3, fmt: str = "coco", split: str = "train", images: str = "link") -> LabelReport:
+                 threshold: float | None = None, fmt: str = "coco", split: str = "train", images: str = "link") -> LabelReport:
     """Label every image under ``folder`` with ``concepts`` and write a dataset to ``out``.
 
     Args:
@@ -177,6 +177,8 @@ def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLik
     if not files:
         raise RegionPromptError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     state = out / STATE_DIR
+    if threshold is None:
+        threshold = detector.default_threshold
     settings = run_settings(detector, folder, concepts, threshold)
     run_path = state / RUN_FILE
     if run_path.is_file():

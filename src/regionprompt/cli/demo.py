@@ -45,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=int, default=12, help="test scenes (default 12)")
     parser.add_argument("--seed", type=int, default=1, help="world seed of the test scenes (default 1)")
     parser.add_argument("--distractors", type=int, default=3, help="absent object names added to each text prompt (default 3)")
-    parser.add_argument("--threshold", type=float, default=0.3, help="score of the drawn detections (default 0.3)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="score of the drawn detections (default: the model's own, 0.2 for the shipped T-Rex2)")
     parser.add_argument("--max-proposals", type=int, default=100,
                         help="proposals per image at most (default 100; the model's own setting when lower); "
                         "region embedding dominates the time per image")
@@ -286,12 +287,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.images < 1 or args.max_proposals < 1:
         raise RegionPromptError(f"--images and --max-proposals must be >= 1, got {args.images} and {args.max_proposals}")
-    if not 0 <= args.threshold <= 1:
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise RegionPromptError(f"--threshold must be in [0, 1], got {args.threshold}")
     began = time.perf_counter()
     model_dir = _model_dir(args)
     torch.set_num_threads(max(1, args.threads))
     detector = _capped(Detector.load(model_dir), args.max_proposals)
+    if args.threshold is None:
+        args.threshold = detector.default_threshold
     out: Path = args.out
     scenes_dir, exemplar_dir = out / "scenes", out / "exemplars"
     build_world(scenes_dir, split="test", num_images=args.images, seed=args.seed, overwrite=True)

@@ -56,7 +56,8 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
                        help="category name of unlabelled boxes and points (default: object)")
     parser.add_argument("--model", default="default", metavar="DIR",
                         help="detector folder (RegionCLIP or T-Rex2, or a T-Rex2 training run's model/); default: the model shipped with the package")
-    parser.add_argument("--threshold", type=float, default=0.3, help="minimum score in [0, 1] (default 0.3)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="minimum score in [0, 1] (default: the model's own, 0.2 for the shipped T-Rex2)")
     parser.add_argument("--cache", default="default", metavar="FILE",
                         help="text-embedding cache file, or 'none' (default: ~/.cache/regionprompt/embeddings.sqlite)")
 

@@ -59,10 +59,15 @@ class TRex2DetectConfig:
     nms_iou: float = 0.7  # per-category NMS; DETR queries rarely duplicate, so only near-copies go
     max_detections: int = 100  # kept per image after NMS
     batch_size: int = 4  # images per backbone forward pass
+    # Default score threshold of predict() with this model: T-Rex2's focal-trained sigmoid scores run lower
+    # than RegionCLIP's sqrt(p * objectness); the shipped model's 0.2 balances hits and false positives.
+    score_threshold: float = 0.2
 
     def __post_init__(self) -> None:
         if not 0 < self.nms_iou <= 1:
             raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
+        if not 0 <= self.score_threshold <= 1:
+            raise ValueError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if min(self.max_detections, self.batch_size) < 1:
             raise ValueError("max_detections and batch_size must be positive")
 

@@ -192,7 +192,8 @@ def create_app(detector: DetectorLike, library: ConceptLibrary, settings: Server
     @app.get("/models", summary="The loaded model")
     async def models() -> dict[str, Any]:
         entry = {"name": settings.model_name, "model_hash": detector.model_hash, "loaded": True,
-                 "kind": detector.kind, "description": repr(detector)}
+                 "kind": getattr(detector, "kind", None), "default_threshold": getattr(detector, "default_threshold", None),
+                 "description": repr(detector)}
         return {"models": [entry], "active": detector.model_hash}
 
     @app.get("/settings", summary="The server's limits")

@@ -83,6 +83,7 @@ class ZeroShotConfig:
     max_detections: int = 100  # detections kept per image after NMS
     point_box_fraction: float = 0.15  # a point with no proposal around it: square of this x shorter side
     batch_size: int = 4  # images per backbone forward pass
+    score_threshold: float = 0.3  # default threshold of predict() with this model
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "background_texts", tuple(self.background_texts))
@@ -98,6 +99,8 @@ class ZeroShotConfig:
             problems.append(f"input_size must be >= 32, got {self.input_size}")
         if min(self.max_proposals, self.max_detections, self.batch_size) < 1:
             problems.append("max_proposals, max_detections and batch_size must be positive")
+        if not 0 <= self.score_threshold <= 1:
+            problems.append(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if not 0 < self.nms_iou <= 1 or not 0 < self.point_box_fraction <= 1:
             problems.append("nms_iou and point_box_fraction must be in (0, 1]")
         if problems:

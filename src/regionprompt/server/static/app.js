@@ -412,6 +412,13 @@ async function showModel() {
     const m = await models.json();
     const name = m.models && m.models.length ? m.models[0].name : "model";
     $("model-info").textContent = `${name} \u00b7 ${h.model_hash.slice(0, 12)}`;
+    // Start the slider at the model's own default threshold (T-Rex2's scores run lower than RegionCLIP's).
+    const suggested = m.models && m.models.length ? m.models[0].default_threshold : null;
+    if (typeof suggested === "number" && !state.thresholdTouched) {
+      $("threshold").value = suggested.toFixed(2);
+      $("threshold-value").textContent = suggested.toFixed(2);
+      renderResults();
+    }
   } catch (error) {
     $("model-info").textContent = "server not reachable";
   }
@@ -426,6 +433,7 @@ $("clear-exemplars").addEventListener("click", () => { state.exemplars = []; ren
 $("save-concept").addEventListener("click", () => saveConcept(false));
 $("download-coco").addEventListener("click", downloadCoco);
 $("threshold").addEventListener("input", () => {
+  state.thresholdTouched = true;
   $("threshold-value").textContent = Number($("threshold").value).toFixed(2);
   renderResults();
   draw();
