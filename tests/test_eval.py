@@ -351,3 +351,27 @@ def test_numpy_scalars_are_accepted(gt: dict) -> None:
     assert evaluate_detections(gt, as_numpy) == evaluate_detections(gt, plain)
     with pytest.raises(EvaluationError, match="id must be an integer, got 2.5"):
         evaluate_detections(gt, [{**preds[0], "image_id": 2.5}])
+
+
+def test_a_labelled_dataset_is_matched_by_file_and_category_name():
+    """`regionprompt label --format coco` writes its own ids: eval must match by names, never trust the ids."""
+    gt = {"images": [{"id": 7, "file_name": "imgs/a.png", "width": 100, "height": 100},
+                     {"id": 9, "file_name": "imgs/b.png", "width": 100, "height": 100}],
+          "categories": [{"id": 3, "name": "dog"}, {"id": 5, "name": "cat"}],
+          "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+                          {"id": 2, "image_id": 9, "category_id": 5, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0}]}
+    labelled = {"images": [{"id": 1, "file_name": "b.png"}, {"id": 2, "file_name": "a.png"}],
+                "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+                "annotations": [{"id": 1, "image_id": 2, "category_id": 2, "bbox": [10, 10, 30, 30], "score": 0.9},
+                                {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 50, 20, 20], "score": 0.8}]}
+    assert evaluate_detections(gt, labelled).ap50 == pytest.approx(1.0)
+    as_results = [{"image_id": 7, "category_id": 3, "bbox": [10, 10, 30, 30], "score": 0.9},
+                  {"image_id": 9, "category_id": 5, "bbox": [50, 50, 20, 20], "score": 0.8}]
+    assert evaluate_detections(gt, as_results).ap50 == pytest.approx(1.0)
+    wrong = copy.deepcopy(labelled)
+    wrong["categories"][0]["name"] = "horse"
+    with pytest.raises(EvaluationError, match="'horse' is not in the ground truth"):
+        evaluate_detections(gt, wrong)
+    del labelled["annotations"][0]["score"]
+    with pytest.raises(EvaluationError, match="no score"):
+        evaluate_detections(gt, labelled)

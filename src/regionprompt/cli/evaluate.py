@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--gt", required=True, type=Path, help="ground truth: COCO instances JSON")
-    parser.add_argument("--pred", required=True, type=Path, help="predictions: JSON list of COCO result dicts")
+    parser.add_argument("--pred", required=True, type=Path, help="predictions: JSON list of COCO result dicts, or a scored COCO dataset (regionprompt label --format coco), matched by file and category name")
     parser.add_argument("--out", type=Path, help="directory for eval.json and eval.md (created if missing)")
     parser.add_argument(
         "--max-dets", type=int, default=100, help="detections kept per image (default 100; LVIS-like sets: 300)"

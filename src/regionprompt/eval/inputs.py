@@ -200,6 +200,36 @@ def load_ground_truth(gt: str | Path | Mapping[str, Any]) -> GroundTruth:
     return GroundTruth(dataset=dataset, splits=splits, frequencies=frequencies, source=source)
 
 
+def _remap_dataset(data: Mapping[str, Any], gt: GroundTruth, source: str) -> list[dict[str, Any]]:
+    """Annotations of a scored COCO dataset re-keyed to ``gt``'s image ids (by file name, else base name)
+    and category ids (by name). Raises when an image or category of the dataset has no match."""
+    def base(name: str) -> str:
+        return Path(str(name)).name
+
+    by_file = {str(img["file_name"]): img["id"] for img in gt.dataset["images"]}
+    by_base = {base(img["file_name"]): img["id"] for img in gt.dataset["images"]}
+    by_name = {str(cat["name"]): cat["id"] for cat in gt.dataset["categories"]}
+    images, categories = {}, {}
+    for img in data["images"]:
+        name = str(img.get("file_name", ""))
+        found = by_file.get(name, by_base.get(base(name)))
+        if found is None:
+            raise EvaluationError(f"{source}: image {name!r} is not in the ground truth {gt.source}")
+        images[img["id"]] = found
+    for cat in data["categories"]:
+        found = by_name.get(str(cat.get("name")))
+        if found is None:
+            raise EvaluationError(f"{source}: category {cat.get('name')!r} is not in the ground truth {gt.source}")
+        categories[cat["id"]] = found
+    out = []
+    for ann in data["annotations"]:
+        if "score" not in ann:
+            raise EvaluationError(f"{source}: annotation {ann.get('id')!r} has no score (a labelled dataset needs scores)")
+        out.append({**ann, "image_id": images.get(ann.get("image_id"), -1),
+                    "category_id": categories.get(ann.get("category_id"), -1)})
+    return out
+
+
 def load_predictions(
     predictions: str | Path | Sequence[Mapping[str, Any]] | Mapping[str, Any],
     gt: GroundTruth,
@@ -208,7 +238,9 @@ def load_predictions(
 ) -> Predictions:
     """Read and validate COCO result dicts against ``gt``.
 
-    Accepts a path to a JSON list (or to an object with an ``annotations`` list), or the list itself.
+    Accepts a path to a JSON list (or to an object with an ``annotations`` list), or the list itself. A
+    whole COCO dataset with scored annotations (``regionprompt label --format coco``) is matched to ``gt``
+    by image file name and category name instead of by id.
     Each entry needs ``image_id``, ``category_id``, ``bbox`` (``[x, y, w, h]`` absolute pixels, finite,
     w, h >= 0) and a finite ``score``. Unknown image / category ids and bad boxes raise
     :class:`EvaluationError` with counts, unless ``skip_invalid`` is set: then they are dropped,
@@ -223,7 +255,12 @@ def load_predictions(
         # A COCO-style file of detections: {"annotations": [...], ...}.
         if not isinstance(data.get("annotations"), list):
             raise EvaluationError(f"{source}: expected a JSON list of COCO result dicts")
-        data = data["annotations"]
+        if isinstance(data.get("images"), list) and isinstance(data.get("categories"), list):
+            # A whole dataset (e.g. `regionprompt label --format coco`): its ids are its own, so match images
+            # by file name and categories by name; trusting the ids would silently score the wrong pairs.
+            data = _remap_dataset(data, gt, source)
+        else:
+            data = data["annotations"]
     if not isinstance(data, Sequence) or isinstance(data, (str, bytes)):
         raise EvaluationError(f"{source}: expected a JSON list of COCO result dicts, got {type(data).__name__}")
 
