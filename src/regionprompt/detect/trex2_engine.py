@@ -34,7 +34,8 @@ from regionprompt.detect.regionclip.prompting import (
     CategoryRecipe,
     ImageKeys,
     check_concept_prompts,
-    concept_modalities,
+    check_unique_names,
+    concept_recipe,
     concept_sources,
     image_fingerprint,
     load_source,
@@ -44,7 +45,14 @@ from regionprompt.detect.regionclip.prompting import (
 from regionprompt.detect.regionclip.zeroshot import top_k_nms
 from regionprompt.errors import PromptError
 from regionprompt.images import LoadedImage, load_image, to_tensor
-from regionprompt.prompts import BoxPrompt, PointPrompt, PromptCategory, TextPrompt, VisualPrompt, validate_visual_prompts
+from regionprompt.prompts import (
+    BoxPrompt,
+    PointPrompt,
+    PromptCategory,
+    TextPrompt,
+    VisualPrompt,
+    validate_visual_prompts,
+)
 from regionprompt.results import Detections
 from regionprompt.trex2.model import TRex2
 from regionprompt.trex2.structures import EncodedImages
@@ -193,11 +201,7 @@ class TRex2Engine:
         """
         if not categories and not concepts:
             raise PromptError("no prompt given: pass text, boxes, points or concepts")
-        names = [c.name for c in categories] + [c.name for c in concepts]
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
-            raise PromptError(f"categories {twice} are given twice (as a prompt label and/or a concept); "
-                              "give each category one name")
+        check_unique_names(categories, concepts)
         phrases = [t.text for c in categories for t in (*c.texts, *c.negatives) if isinstance(t, TextPrompt)]
         text = self.texts(phrases)
         positives, negatives, records = self._generic(categories)
@@ -223,15 +227,7 @@ class TRex2Engine:
             ))
         for concept in concepts:
             concept.check_model(self.model_hash)
-            if concept.dim != self.dim:
-                raise PromptError(f"concept {concept.name!r} has {concept.dim}-d embeddings, this model {self.dim}-d")
-            has_text, has_visual = concept_modalities(concept)
-            recipes.append(CategoryRecipe(
-                name=concept.name, prompt=PromptCategory(name=concept.name), text=None, visuals=empty,
-                interactive=(), negatives=torch.nn.functional.normalize(concept.negatives.float(), dim=-1),
-                interactive_negatives=(), fixed=torch.nn.functional.normalize(concept.embedding.float(), dim=-1),
-                has_text=has_text, has_visual=has_visual,
-            ))
+            recipes.append(concept_recipe(concept, self.dim))
         return recipes, records
 
     def make_concepts(self, categories: Sequence[PromptCategory]) -> list[PromptConcept]:
@@ -279,7 +275,6 @@ class TRex2Engine:
                 groups.append((index, recipe.interactive))
             groups.extend((index, [n]) for n in recipe.interactive_negatives)
         vectors = iter(self._encode_groups(encoded, chunk_wh, groups) if groups else [])
-        columns: list[torch.Tensor] = []
         negative_columns: list[list[int]] = []
         finished = []
         for recipe in recipes:

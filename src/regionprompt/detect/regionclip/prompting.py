@@ -239,13 +239,7 @@ class PromptCompiler:
         """
         if not categories and not concepts:
             raise PromptError("no prompt given: pass text, boxes, points or concepts")
-        names = [c.name for c in categories] + [c.name for c in concepts]
-        seen: set[str] = set()
-        for name in names:
-            if name in seen:
-                raise PromptError(f"category {name!r} is given twice (as a prompt label and/or a concept); "
-                                  "give each category one name")
-            seen.add(name)
+        check_unique_names(categories, concepts)
         phrases = [t.text for c in categories for t in (*c.texts, *c.negatives) if isinstance(t, TextPrompt)]
         vectors = self.texts([*phrases, *extra_texts])
         generic = [v for c in categories for v in (*c.visuals, *c.negatives)
@@ -275,15 +269,7 @@ class PromptCompiler:
                 has_text=bool(category.texts),
                 has_visual=bool(category.visuals),
             ))
-        for concept in concepts:
-            if concept.dim != self.dim:
-                raise PromptError(f"concept {concept.name!r} has {concept.dim}-d embeddings, this model {self.dim}-d")
-            has_text, has_visual = concept_modalities(concept)
-            recipes.append(CategoryRecipe(
-                name=concept.name, prompt=PromptCategory(name=concept.name), text=None, visuals=empty,
-                interactive=(), negatives=F.normalize(concept.negatives.float(), dim=-1), interactive_negatives=(),
-                fixed=F.normalize(concept.embedding.float(), dim=-1), has_text=has_text, has_visual=has_visual,
-            ))
+        recipes += [concept_recipe(concept, self.dim) for concept in concepts]
         return CompiledPrompts(recipes, {p: vectors[p] for p in extra_texts},
                                {id(p): r for p, r in zip(generic, generic_records)})
 
@@ -303,6 +289,28 @@ class PromptCompiler:
                                      negatives=negatives.clone(),
                                      sources=concept_sources(category, compiled.visual_sources)))
         return out
+
+
+def check_unique_names(categories: Sequence[PromptCategory], concepts: Sequence[PromptConcept]) -> None:
+    """Refuse two categories (prompt labels and/or concepts) with one name: detections are named by category."""
+    seen: set[str] = set()
+    for name in [c.name for c in categories] + [c.name for c in concepts]:
+        if name in seen:
+            raise PromptError(f"category {name!r} is given twice (as a prompt label and/or a concept); "
+                              "give each category one name")
+        seen.add(name)
+
+
+def concept_recipe(concept: PromptConcept, dim: int) -> CategoryRecipe:
+    """The recipe of a saved concept: its finished embedding and negatives (``dim``: the model's)."""
+    if concept.dim != dim:
+        raise PromptError(f"concept {concept.name!r} has {concept.dim}-d embeddings, this model {dim}-d")
+    has_text, has_visual = concept_modalities(concept)
+    return CategoryRecipe(
+        name=concept.name, prompt=PromptCategory(name=concept.name), text=None, visuals=torch.zeros(0, dim),
+        interactive=(), negatives=F.normalize(concept.negatives.float(), dim=-1), interactive_negatives=(),
+        fixed=F.normalize(concept.embedding.float(), dim=-1), has_text=has_text, has_visual=has_visual,
+    )
 
 
 def check_concept_prompts(categories: Sequence[PromptCategory]) -> None:

@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-from torchvision.ops import batched_nms
 from PIL import Image
+from torchvision.ops import batched_nms
 
 from regionprompt.boxes import as_box_tensor
 from regionprompt.concept import PromptConcept
