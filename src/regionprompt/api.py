@@ -256,7 +256,7 @@ class Detector:
             if not (folder / DETECTOR_FILE).is_file():
                 raise CheckpointError(
                     f"the default model is not installed (no {DETECTOR_FILE} in {folder}): this copy of RegionPrompt "
-                    "ships without trained weights. Build a detector folder (detector.json + clip/ + rpn/) with "
+                    "ships without trained weights. Build a detector folder with "
                     "`regionprompt train default` once it exists, or save one with Detector.from_models(...).save(DIR), "
                     "then load it with Detector.load(DIR) / --model DIR"
                 )
@@ -266,16 +266,15 @@ class Detector:
             cache = EmbeddingCache()
         elif isinstance(cache, (str, os.PathLike)):
             cache = EmbeddingCache(cache)
+        engine: ZeroShotDetector | TRex2Engine
         if _is_trex2_model_folder(folder):
             # A bare T-Rex2 model folder (what `train detector --arch trex2` writes): default settings.
             from regionprompt.trex2.model import TRex2
 
-            engine_: TRex2Engine = TRex2Engine(TRex2.load(folder).to(device), cache=cache)
-            return cls(engine_, source=str(folder), concept_library=concept_library)
-        header = read_detector_header(folder)
-        if header["kind"] == TREX2_KIND:
+            engine = TRex2Engine(TRex2.load(folder).to(device), cache=cache)
+        elif (header := read_detector_header(folder))["kind"] == TREX2_KIND:
             model, trex2_config = read_trex2_folder(folder, header)
-            engine: ZeroShotDetector | TRex2Engine = TRex2Engine(model.to(device), trex2_config, cache=cache)
+            engine = TRex2Engine(model.to(device), trex2_config, cache=cache)
         else:
             clip, rpn, config, background = _read_regionclip_folder(folder)
             clip = clip.to(device)
