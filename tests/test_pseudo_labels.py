@@ -230,3 +230,41 @@ def test_cli_labels_reports_and_refuses_other_settings(world, tmp_path, capsys):
     assert main([*args, "--threshold", "0.5"]) == 2
     assert "threshold" in capsys.readouterr().err
     assert main([*args[:3], "--rpn", str(tmp_path / "missing"), *args[4:]]) == 2
+
+
+def test_caption_vocabulary_labels_only_mentioned_concepts(world, tmp_path):
+    """``vocabulary="caption"``: every label is a concept the image's captions mention, each mentioned
+    concept labels at most ``regions_per_concept`` proposals, and with oracle proposals and a teacher that
+    knows the answer (embeddings of the true concept's own pixels) the labels land on the right objects."""
+    from regionprompt.regionclip.pseudo_labels import CaptionVocabulary
+
+    _, cache, teacher, names, source = world
+    vocabulary = CaptionVocabulary(names)
+    assert vocabulary(["A photo of nothing at all."]).numel() == 0
+    config = PseudoLabelConfig(templates="single", max_proposals=12, top_k=3, shard_images=4, vocabulary="caption",
+                               regions_per_concept=2, threshold=0.0)
+    _run(world, tmp_path / "caption", config)
+    labels = PseudoLabels.open(tmp_path / "caption")
+    assert len(labels) == 10 and labels.num_regions > 0
+    for index in range(10):
+        mentioned = set(vocabulary(cache.records[index]["captions"]).tolist())
+        region = labels.regions(index)
+        got = region.concept.tolist()
+        assert set(got) <= mentioned
+        assert all(got.count(c) <= 2 for c in mentioned)
+        assert len(got) == 2 * len(mentioned) or not mentioned or len(region.boxes) < 24
+    with pytest.raises(Exception, match="vocabulary"):
+        PseudoLabelConfig(vocabulary="everything").validate()
+
+
+def test_caption_grounding_picks_the_most_probable_region_per_concept():
+    from regionprompt.regionclip.pseudo_labels import _caption_grounded
+
+    # 3 regions x 4 pool concepts; the caption mentions concepts 1 and 3
+    logits = torch.tensor([[0.0, 5.0, 0.0, 0.0], [9.0, 0.0, 0.0, 4.0], [0.0, 1.0, 0.0, 3.0]])
+    config = PseudoLabelConfig(vocabulary="caption", threshold=0.5)
+    keep, concept = _caption_grounded(logits, torch.tensor([1, 3]), config)
+    assert keep.tolist() == [0, 1] and concept.tolist() == [1, 3]
+    strict = PseudoLabelConfig(vocabulary="caption", threshold=0.99)  # p(1 | r0) = 0.993, p(3 | r1) = 0.982
+    keep, concept = _caption_grounded(logits, torch.tensor([1, 3]), strict)
+    assert keep.tolist() == [0] and concept.tolist() == [1]

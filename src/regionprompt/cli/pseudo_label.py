@@ -40,6 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input-size", type=int, default=None, help="image side the teacher sees (default: the cache's)")
     parser.add_argument("--proposal-size", type=int, default=None,
                         help="image side the RPN sees (default: the cache's); boxes are scaled back")
+    parser.add_argument("--vocabulary", choices=("pool", "caption"), default="pool",
+                        help="pool: every region against the whole pool (the paper); caption: each image's candidates are "
+                        "the pool concepts its captions mention, and each labels its most probable proposal(s) (default pool)")
+    parser.add_argument("--regions-per-concept", type=int, default=1,
+                        help="with --vocabulary caption: proposals labelled per mentioned concept (default 1)")
     parser.add_argument("--shard-images", type=int, default=256, help="images per shard (default 256)")
     parser.add_argument("--max-images", type=int, default=None, help="label only the first N images (rerun with more to continue)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -89,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     config = PseudoLabelConfig(threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,
                                max_proposals=args.max_proposals, templates=args.templates, input_size=args.input_size,
-                               proposal_size=args.proposal_size, shard_images=args.shard_images)
+                               proposal_size=args.proposal_size, shard_images=args.shard_images,
+                               vocabulary=args.vocabulary, regions_per_concept=args.regions_per_concept)
     cache = SceneCache(args.cache)
     names, pool_source = load_pool_names(args.pool)
     teacher = load_checkpoint(args.teacher)
