@@ -4,8 +4,11 @@ A detector folder::
 
     detector.json   {"kind": "regionclip-zeroshot", "format_version": 1, "clip": "clip", "rpn": "rpn",
                      "config": {...ZeroShotConfig fields...}}
-    clip/           the RegionPromptCLIP (model.safetensors + card.json): region and text encoders
-    rpn/            the ProposalNetwork (model.safetensors + card.json); "rpn": null for a detector
+    clip/           the RegionPromptCLIP (model.safetensors + card.json): region and text encoders; or,
+                    for an imported RegionCLIP release, an image tower with a fixed vocabulary
+                    (:mod:`regionprompt.vl.vocabulary`, card text kind "vocabulary")
+    rpn/            the ProposalNetwork (model.safetensors + card.json), or a detectron2 RPN (card kind
+                    "detectron2-rpn", :mod:`regionprompt.detect.detectron2_rpn`); "rpn": null for a detector
                     that only classifies boxes it is given (``proposals=``)
     background.safetensors
                     optional (``"background": "background.safetensors"`` in detector.json): the ``(D,)``
@@ -520,12 +523,16 @@ def _read_regionclip_folder(
             f"none (expected \"background\": \"{BACKGROUND_FILE}\", written by `regionprompt train detector --arch "
             "regionclip`); set the config's background to 'auto', 'text' or 'none' to use this folder without one"
         )
-    clip = RegionPromptCLIP.load(_sub_folder(folder, header, "clip"))
+    from regionprompt.vl.vocabulary import load_clip_folder
+
+    # A RegionPromptCLIP folder, or an image tower with a fixed vocabulary (imported RegionCLIP releases).
+    clip = load_clip_folder(_sub_folder(folder, header, "clip"))
     rpn = None
     if header.get("rpn") is not None:
-        from regionprompt.detect.rpn import ProposalNetwork
+        from regionprompt.detect.detectron2_rpn import load_proposal_folder
 
-        rpn = ProposalNetwork.load(_sub_folder(folder, header, "rpn"))
+        # Our ProposalNetwork, or a detectron2 RPN (card kind "detectron2-rpn").
+        rpn = load_proposal_folder(_sub_folder(folder, header, "rpn"))
     background = None
     name = header.get("background")
     if name is not None:

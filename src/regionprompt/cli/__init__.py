@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pseudo_label",
     "eval_proposals",
     "eval_detector",
+    "import_regionclip",
     "train",
 )
 

@@ -233,12 +233,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {exc}") from None
     if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise CheckpointError(f"{path}: cannot read the zip archive (truncated or corrupt?): {exc}") from None
-        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        names = zip_member_names(path)
+        if is_torchscript(names):
             return read_torchscript_tensors(path), "torchscript"
         if not any(n.endswith("/data.pkl") for n in names):
             raise CheckpointError(f"{path}: a zip archive, but not a PyTorch checkpoint (no data.pkl)")
@@ -401,6 +397,20 @@ def _load_own_directory(directory: Path, card: ModelCard | None) -> RegionPrompt
     model = RegionPromptCLIP.uninitialized(saved)
     model.load_state_dict(check_state_dict(model, state, str(weights)))
     return model.eval()
+
+
+def zip_member_names(path: Path) -> list[str]:
+    """Member names of a zip-format checkpoint (PyTorch's ``torch.save`` or TorchScript archive)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot read the zip archive (truncated or corrupt?): {exc}") from None
+
+
+def is_torchscript(names: list[str]) -> bool:
+    """Whether zip member ``names`` are a TorchScript archive's (code and constants beside the data)."""
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
 def load_checkpoint(
