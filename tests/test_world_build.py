@@ -170,3 +170,19 @@ def test_real_sprites_span_the_size_range(renderer: SceneRenderer) -> None:
     sides = [max(o.box[2], o.box[3]) for i in range(30) for o in renderer.render("det-train", i, seed=2).objects]
     assert CONFIG.min_object_size - 2 <= min(sides) < 24
     assert 60 < max(sides) <= CONFIG.max_object_size
+
+
+def test_cli_world_cache_renders_resumes_and_refuses_another_spec(tmp_path, capsys):
+    from regionprompt.train.scene_cache import SceneCache
+
+    out = tmp_path / "cache"
+    args = ["world", "cache", "--split", "pretrain", "--images", "3", "--size", "64", "--canvas", "128",
+            "--out", str(out), "--workers", "1"]
+    assert main(args) == 0
+    cache = SceneCache(out)
+    assert len(cache) == 3 and cache.image(0).shape == (64, 64, 3) and cache.records[2]["captions"]
+    first = np.array(cache.images)
+    assert main(args) == 0 and np.array_equal(np.array(SceneCache(out).images), first)  # rerun: same cache
+    capsys.readouterr()
+    assert main([*args[:-4], "--layout", "iconic", "--out", str(out)]) != 0
+    assert "scene cache" in capsys.readouterr().err

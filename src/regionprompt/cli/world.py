@@ -42,6 +42,17 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from regionprompt.train.scene_cache import SceneCacheSpec, build_scene_cache
+
+    spec = SceneCacheSpec(split=args.split, seed=args.seed, num_images=args.images, size=args.size,
+                          canvas=args.canvas, layout=args.layout)
+    cache = build_scene_cache(spec, args.out, workers=args.workers)
+    boxes = sum(len(r["objects"]) for r in cache.records)
+    print(f"{spec.split} scene cache: {len(cache)} scenes at {spec.size} px ({spec.layout} layout), {boxes} objects -> {args.out}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from regionprompt.world.concepts import load_concepts
 
@@ -103,6 +114,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--workers", type=int, default=1, help="rendering processes (default 1)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
     build.set_defaults(func=_build)
+
+    cache = commands.add_parser(
+        "cache",
+        help="render a split into a scene cache (one .npy of pixels + records.jsonl) for training commands",
+        description="Render scenes 0..N-1 of a split into the array-backed cache that `pseudo-label`, `train "
+        "regions`, `train rpn` and `train detector` read (--cache). Interrupted rendering resumes when the same "
+        "command is rerun; another spec on an existing folder is refused.",
+    )
+    cache.add_argument("--split", required=True, choices=tuple(SPLITS), help="EmojiWorld split")
+    cache.add_argument("--images", type=int, required=True, help="number of scenes")
+    cache.add_argument("--out", required=True, help="cache folder")
+    cache.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    cache.add_argument("--size", type=int, default=320, help="side of the stored images in pixels (default 320)")
+    cache.add_argument("--canvas", type=int, default=320, help="side of the rendered canvas in pixels (default 320)")
+    cache.add_argument("--layout", choices=("scene", "iconic"), default="scene",
+                       help="scene: the world's scenes; iconic: 1-3 large objects per image (default scene)")
+    cache.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
+    cache.set_defaults(func=_cache)
 
     info = commands.add_parser("info", help="print concept counts by split, frequency tier and category",
                                description="Summarise the EmojiWorld concept vocabulary.")
