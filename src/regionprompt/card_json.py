@@ -46,3 +46,11 @@ def parse_card_json(
     if not isinstance(data, dict):
         raise error(f"{source}: {what} must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def tuples_like(default: Any, value: Any) -> Any:
+    """JSON lists back to (nested) tuples wherever the card field's default is a tuple."""
+    if isinstance(default, tuple) and isinstance(value, list):
+        inner = default[0] if default else None
+        return tuple(tuples_like(inner, v) for v in value)
+    return value

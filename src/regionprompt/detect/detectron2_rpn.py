@@ -42,7 +42,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d, batched_nms
 
-from regionprompt.card_json import card_to_dict, card_to_json, parse_card_json
+from regionprompt.card_json import (
+    card_to_dict,
+    card_to_json,
+    parse_card_json,
+    tuples_like,
+)
 from regionprompt.detect.proposals import Proposals
 from regionprompt.errors import CheckpointError
 from regionprompt.model_dir import CARD_FILE, load_model_dir, save_model_dir
@@ -154,19 +159,11 @@ class Detectron2RpnCard:
             raise CheckpointError(f"{source}: not a detectron2 RPN card (kind {data.get('kind')!r}, "
                                   f"unknown fields {unknown})")
         defaults = cls()
-        values = {k: _like(getattr(defaults, k), v) for k, v in data.items()}
+        values = {k: tuples_like(getattr(defaults, k), v) for k, v in data.items()}
         try:
             return cls(**values)
         except TypeError as exc:
             raise CheckpointError(f"{source}: malformed detectron2 RPN card ({exc})") from None
-
-
-def _like(default: Any, value: Any) -> Any:
-    """JSON lists back to (nested) tuples wherever the field's default is a tuple."""
-    if isinstance(default, tuple) and isinstance(value, list):
-        inner = default[0] if default else None
-        return tuple(_like(inner, v) for v in value)
-    return value
 
 
 # ---- modules (named as detectron2 names them) -------------------------------------------------------

@@ -41,7 +41,12 @@ from torchvision.ops import (
 )
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from regionprompt.card_json import card_to_dict, card_to_json, parse_card_json
+from regionprompt.card_json import (
+    card_to_dict,
+    card_to_json,
+    parse_card_json,
+    tuples_like,
+)
 from regionprompt.detect.proposals import Proposals
 from regionprompt.errors import CheckpointError
 
@@ -138,19 +143,11 @@ class RpnCard:
         if unknown:
             raise CheckpointError(f"{source}: not an RPN card (unknown fields {unknown})")
         defaults = cls()
-        values = {k: _like(getattr(defaults, k), v) for k, v in data.items()}
+        values = {k: tuples_like(getattr(defaults, k), v) for k, v in data.items()}
         try:
             return cls(**values)
         except TypeError as exc:
             raise CheckpointError(f"{source}: malformed RPN card ({exc})") from None
-
-
-def _like(default: Any, value: Any) -> Any:
-    """JSON lists back to (nested) tuples wherever the field's default is a tuple."""
-    if isinstance(default, tuple) and isinstance(value, list):
-        inner = default[0] if default else None
-        return tuple(_like(inner, v) for v in value)
-    return value
 
 
 class NarrowResNet(nn.Module):
