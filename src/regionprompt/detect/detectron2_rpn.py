@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import FrozenBatchNorm2d, batched_nms
 
 from regionprompt.card_json import (
@@ -331,18 +332,14 @@ def grid_anchors(base: torch.Tensor, height: int, width: int, stride: int) -> to
     return (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
 
 
+# detectron2's Box2BoxTransform with weights (1, 1, 1, 1) and scale clamp log(1000 / 16) is exactly
+# torchvision's BoxCoder with those settings (the same one our own RPN decodes with).
+_BOX_CODER = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0), bbox_xform_clip=SCALE_CLAMP)
+
+
 def decode_deltas(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """Box2BoxTransform (weights 1, 1, 1, 1): ``(K, 4)`` (dx, dy, dw, dh) on ``(K, 4)`` xyxy anchors -> xyxy."""
-    deltas, anchors = deltas.float(), anchors.float()
-    widths = anchors[:, 2] - anchors[:, 0]
-    heights = anchors[:, 3] - anchors[:, 1]
-    ctr_x = anchors[:, 0] + 0.5 * widths
-    ctr_y = anchors[:, 1] + 0.5 * heights
-    dx, dy = deltas[:, 0], deltas[:, 1]
-    dw, dh = deltas[:, 2].clamp(max=SCALE_CLAMP), deltas[:, 3].clamp(max=SCALE_CLAMP)
-    cx, cy = dx * widths + ctr_x, dy * heights + ctr_y
-    w, h = torch.exp(dw) * widths, torch.exp(dh) * heights
-    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=1)
+    return _BOX_CODER.decode_single(deltas.float(), anchors.float())
 
 
 class Detectron2RPN(nn.Module):
