@@ -51,7 +51,7 @@ def test_regionclip_tables_one_row_per_model(setup, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", argv)
     _script("regionclip_tables").main()
     table = (out / "table.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
+    rows = [line for line in table.splitlines() if line.startswith(("| a ", "| b "))]
     assert len(rows) == 2 and all("| gt | 3 |" in row for row in rows)
     assert rows[0].split("|")[4:7] == rows[1].split("|")[4:7]  # the same weights score the same
     assert (out / "a" / "gt" / "report.json").is_file()
