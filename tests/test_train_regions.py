@@ -2,13 +2,16 @@
 terms, an interrupted run resumes to the same weights, and the student is a loadable CLIP model."""
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
 from regionprompt.cli import main
+from regionprompt.devices import resolve_device
 from regionprompt.errors import RegionPromptError
-from regionprompt.regionclip.label_store import PseudoLabelWriter
+from regionprompt.regionclip.label_store import PseudoLabels, PseudoLabelWriter
 from regionprompt.regionclip.losses import (
     concept_contrastive_loss,
     image_text_loss,
@@ -20,8 +23,8 @@ from regionprompt.regionclip.pseudo_labels import (
     identity_of,
     pseudo_label,
 )
-from regionprompt.train.regions import RegionPretrainConfig, prepare, train_regions
-from regionprompt.train.scene_cache import SceneCacheSpec, build_scene_cache
+from regionprompt.train.regions import RegionBatches, RegionPretrainConfig, prepare, repeat_factors, train_regions
+from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import CLIP_TEXT_KEYS, build_clip
 from regionprompt.world.concepts import load_concepts
@@ -165,3 +168,48 @@ def test_cli_trains_with_a_dropped_loss_and_refuses_another_teacher(setup, tmp_p
     args[3] = str(tmp_path / "other")
     assert main([*args, "--out", str(tmp_path / "run2")]) == 2
     assert "another teacher" in capsys.readouterr().err
+
+
+def test_repeat_factors_follow_lvis_and_oversample_images_of_rare_concepts(setup):
+    labels = PseudoLabels.open(setup / "labels")
+    per_image = [set(labels.regions(i).concept.tolist()) for i in range(len(labels))]
+    counts = {}
+    for concepts in per_image:
+        for c in concepts:
+            counts[c] = counts.get(c, 0) + 1
+    threshold = 0.5
+    factors = repeat_factors(labels, threshold)
+    for i, concepts in enumerate(per_image):
+        expected = max([1.0] + [math.sqrt(threshold / (counts[c] / len(labels))) for c in concepts])
+        assert factors[i] == pytest.approx(expected)
+    assert factors.max() > 1.0  # with 12 scenes most concepts are in fewer than half of the images
+    assert (repeat_factors(labels, 0.0) == 1.0).all()
+
+    plain = RegionBatches(labels, SceneCache(setup / "cache"), 4, 3, seed=0)
+    balanced = RegionBatches(labels, SceneCache(setup / "cache"), 4, 3, seed=0, repeat_threshold=threshold)
+    assert sorted(plain.pool.tolist()) == list(range(len(labels)))
+    # Every image is kept at least once, and images are repeated about as often as their factors say.
+    assert set(balanced.pool.tolist()) == set(range(len(labels)))
+    assert len(balanced.pool) == pytest.approx(factors.sum(), abs=len(labels) ** 0.5 + 1)
+    repeats = np.bincount(balanced.pool, minlength=len(labels))
+    assert ((repeats == np.floor(factors)) | (repeats == np.ceil(factors))).all()
+    # The step -> batch map is a pure function of (seed, step): a rebuilt sampler gives the same batches.
+    again = RegionBatches(labels, SceneCache(setup / "cache"), 4, 3, seed=0, repeat_threshold=threshold)
+    for step in (0, 1, balanced.per_epoch + 1):
+        assert torch.equal(balanced(step).concept, again(step).concept)
+
+
+def test_config_and_cli_check_the_repeat_threshold_and_the_device(setup, tmp_path, capsys):
+    with pytest.raises(RegionPromptError, match="repeat_threshold"):
+        RegionPretrainConfig(repeat_threshold=2.0).validate()
+    with pytest.raises(RegionPromptError, match="unknown device"):
+        resolve_device("tpu-ish")
+    assert resolve_device(None) == torch.device("cpu")
+    args = ["train", "regions", "--teacher", str(setup / "teacher"), "--labels", str(setup / "labels"),
+            "--cache", str(setup / "cache"), "--steps", "2", "--batch-size", "4", "--threads", "1",
+            "--out", str(tmp_path / "run")]
+    if not torch.cuda.is_available():
+        assert main([*args, "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert main([*args, "--device", "cpu", "--repeat-threshold", "0.5"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "model").card.training["recipe"]["repeat_threshold"] == 0.5

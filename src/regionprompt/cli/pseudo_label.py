@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard-images", type=int, default=256, help="images per shard (default 256)")
     parser.add_argument("--max-images", type=int, default=None, help="label only the first N images (rerun with more to continue)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--device", default="cpu", help="where the teacher and the proposal network run: cpu (default), "
+                        "cuda or cuda:N")
     parser.add_argument("--no-report", action="store_true", help="skip the precision report")
     parser.set_defaults(func=run)
 
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         proposal_id = f"rpn:{directory_hash(args.rpn)}"
     run_ = pseudo_label(teacher, source, cache, names, args.out, config, proposal_id=proposal_id,
                         pool_source=pool_source, max_images=args.max_images,
-                        embedding_cache=EmbeddingCache(args.out / "embeddings.sqlite"))
+                        embedding_cache=EmbeddingCache(args.out / "embeddings.sqlite"), device=args.device)
     if run_.images:
         print(f"labelled images {run_.first_image}..{run_.stop_image - 1}: {run_.proposals} regions scored, "
               f"{run_.regions} kept ({run_.regions / max(run_.proposals, 1):.1%}) in {run_.seconds:.1f} s "

@@ -44,9 +44,11 @@ def config_from_args(args: argparse.Namespace, config_cls: type):
     return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)})
 
 
-def add_run_options(parser: argparse.ArgumentParser, *, scene_cache: str | None = "scene cache") -> None:
-    """The options of every training command: ``--out`` (the run folder), ``--threads`` and, for a command
-    that renders its own scenes (``scene_cache`` names them in the help), ``--cache`` and ``--workers``."""
+def add_run_options(parser: argparse.ArgumentParser, *, scene_cache: str | None = "scene cache",
+                    device: bool = False) -> None:
+    """The options of every training command: ``--out`` (the run folder), ``--threads``, for a command
+    that renders its own scenes (``scene_cache`` names them in the help) ``--cache`` and ``--workers``, and
+    ``--device`` for one that can train on a GPU."""
     parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, log, final model)")
     if scene_cache:
         parser.add_argument("--cache", type=Path, default=None,
@@ -55,6 +57,10 @@ def add_run_options(parser: argparse.ArgumentParser, *, scene_cache: str | None 
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (default 2); use 1 while other jobs share the CPU: with 2 threads on a "
                         "loaded 2-core machine a step took 10x longer")
+    if device:
+        parser.add_argument("--device", default="cpu",
+                            help="where the model trains: cpu (default), cuda or cuda:N; not part of the recipe, "
+                            "so a run may resume on another device")
 
 
 def start_run(args: argparse.Namespace, config_cls: type):
@@ -80,7 +86,7 @@ def _train_clip(args: argparse.Namespace) -> int:
     from regionprompt.train.clip_pretrain import ClipPretrainConfig, train_clip
 
     config = start_run(args, ClipPretrainConfig)
-    print_run(train_clip(config, args.out, cache_dir=args.cache, workers=args.workers), args.out)
+    print_run(train_clip(config, args.out, cache_dir=args.cache, workers=args.workers, device=args.device), args.out)
     return 0
 
 
@@ -97,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "warm-up + cosine, gradient clipping). Checkpoints every --checkpoint-every steps into --out; rerun the "
         "same command to resume. The final model is written to OUT/model (safetensors + card.json).",
     )
-    add_run_options(clip)
+    add_run_options(clip, device=True)
     add_config_options(clip, ClipPretrainConfig)
     clip.set_defaults(func=_train_clip)
     for module in TRAIN_MODULES:

@@ -29,7 +29,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--teacher", type=Path, required=True, help="the teacher that made the pseudo labels")
     parser.add_argument("--labels", type=Path, required=True, help="pseudo-label folder (regionprompt pseudo-label --out)")
     parser.add_argument("--cache", type=Path, required=True, help="the scene cache the pseudo labels were made on")
-    add_run_options(parser, scene_cache=None)
+    add_run_options(parser, scene_cache=None, device=True)
     add_config_options(parser, RegionPretrainConfig)
     parser.set_defaults(func=_run)
 
@@ -40,6 +40,6 @@ def _run(args: argparse.Namespace) -> int:
 
     config = start_run(args, RegionPretrainConfig)
     result = train_regions(config, args.out, teacher=args.teacher, labels_dir=args.labels, cache_dir=args.cache,
-                           embedding_cache=EmbeddingCache(args.out / "embeddings.sqlite"))
+                           embedding_cache=EmbeddingCache(args.out / "embeddings.sqlite"), device=args.device)
     print_run(result, args.out, all_losses=True, what="student")
     return 0

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from regionprompt import __version__
 from regionprompt.detect.proposals import ProposalSource
+from regionprompt.devices import resolve_device
 from regionprompt.errors import RegionPromptError
 from regionprompt.logging_utils import get_logger, progress_bar
 from regionprompt.regionclip.label_store import (
@@ -182,14 +183,15 @@ def label_image(teacher: RegionPromptCLIP, source: ProposalSource, image: np.nda
     size = image.shape[0]
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     proposal_size = config.proposal_size or size
-    found = source.propose(_resize(pixels, proposal_size), max_proposals=config.max_proposals)[0]
+    found = source.propose(_resize(pixels.to(_device_of(source)), proposal_size), max_proposals=config.max_proposals)[0]
     found = found.top(config.max_proposals)
-    boxes = (found.boxes.float() * (size / proposal_size)).clamp_(0, size)
+    boxes = (found.boxes.float().cpu() * (size / proposal_size)).clamp_(0, size)
     if len(boxes) == 0:
         return empty_regions(config.top_k), 0
     input_size = config.input_size or size
-    region_emb = encode_regions(teacher, _resize(pixels, input_size), [boxes * (input_size / size)])
-    logits = concept_logits(region_emb, concept_emb, config.temperature)
+    device = concept_emb.device  # the teacher's: the selection below runs on the CPU whatever the device
+    region_emb = encode_regions(teacher, _resize(pixels.to(device), input_size), [(boxes * (input_size / size)).to(device)])
+    logits = concept_logits(region_emb, concept_emb, config.temperature).cpu()
     top_prob, top_index = logits.softmax(dim=-1).topk(min(config.top_k, logits.shape[1]), dim=-1)
     if config.vocabulary == "pool":
         keep = torch.nonzero(top_prob[:, 0] >= config.threshold).flatten()
@@ -202,9 +204,18 @@ def label_image(teacher: RegionPromptCLIP, source: ProposalSource, image: np.nda
         "concept": concept,
         "topk_index": top_index[keep],
         "topk_prob": top_prob[keep].half(),
-        "objectness": found.objectness[keep].float(),
+        "objectness": found.objectness[keep].float().cpu(),
     }
     return out, len(boxes)
+
+
+def _device_of(source: ProposalSource) -> torch.device:
+    """Where a proposal source wants its images: its parameters' device, the CPU for non-modules."""
+    if isinstance(source, torch.nn.Module):
+        first = next(source.parameters(), None)
+        if first is not None:
+            return first.device
+    return torch.device("cpu")
 
 
 def _caption_grounded(logits: torch.Tensor, candidates: torch.Tensor | None,
@@ -244,7 +255,7 @@ def identity_of(teacher_hash: str, pool_names: Sequence[str], proposal_id: str, 
 def pseudo_label(teacher: RegionPromptCLIP, source: ProposalSource, cache: SceneCache, pool_names: Sequence[str],
                  out_dir: str | Path, config: PseudoLabelConfig = PseudoLabelConfig(), *, proposal_id: str,
                  pool_source: str = "", max_images: int | None = None,
-                 embedding_cache: EmbeddingCache | None = None) -> PseudoLabelRun:
+                 embedding_cache: EmbeddingCache | None = None, device: str | torch.device = "cpu") -> PseudoLabelRun:
     """Pseudo-label the images of ``cache`` into ``out_dir``, resuming where a previous run stopped.
 
     Args:
@@ -256,6 +267,8 @@ def pseudo_label(teacher: RegionPromptCLIP, source: ProposalSource, cache: Scene
         proposal_id: identifies ``source`` (e.g. a hash of the RPN's weights): part of the identity.
         max_images: label only images ``0 .. max_images - 1`` (a later call with more continues).
         embedding_cache: where concept embeddings persist between runs.
+        device: where the teacher (and a proposal network) run; the stored labels do not depend on it
+            beyond float rounding.
     Raises:
         PseudoLabelError: ``out_dir`` holds labels made with other settings.
     """
@@ -274,6 +287,11 @@ def pseudo_label(teacher: RegionPromptCLIP, source: ProposalSource, cache: Scene
     if start >= stop:
         return PseudoLabelRun(writer.directory, start, start, writer.next_image, 0, 0, 0.0)
     concept_emb = embed_concepts(teacher, names, config.templates, embedding_cache)
+    device = resolve_device(device)  # moved after embedding: the embedding cache hashes weights on the CPU
+    teacher.to(device)
+    if isinstance(source, torch.nn.Module):
+        source.to(device)
+    concept_emb = concept_emb.to(device)
     vocabulary = CaptionVocabulary(names) if config.vocabulary == "caption" else None
     bar = progress_bar(desc="pseudo-label", total=stop, initial=start, unit="img")
     began = time.perf_counter()

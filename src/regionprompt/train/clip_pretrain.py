@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from regionprompt.devices import resolve_device
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.caption_concepts import ConceptHead, caption_concepts
 from regionprompt.train.finalize import save_final_model
@@ -73,7 +74,7 @@ def build_model(config: ClipPretrainConfig) -> RegionPromptCLIP:
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of matching ``(B, D)`` normalised pairs."""
     logits = scale * image_emb @ text_emb.t()
-    target = torch.arange(len(logits))
+    target = torch.arange(len(logits), device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
@@ -98,9 +99,13 @@ class _Batches:
 
 
 def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-               workers: int = 2, max_steps_this_run: int | None = None) -> LoopResult:
-    """Pretrain (or resume) a CLIP teacher; the final model is saved to ``out_dir/model``."""
+               workers: int = 2, max_steps_this_run: int | None = None, device: str | torch.device = "cpu") -> LoopResult:
+    """Pretrain (or resume) a CLIP teacher; the final model is saved to ``out_dir/model``.
+
+    ``device`` is where the model trains (``"cuda"`` on a GPU); it is not part of the recipe: a run
+    checkpointed on one device resumes on another."""
     out = Path(out_dir)
+    device = resolve_device(device)
     model = build_model(config)
     size = config.image_size or model.card.vision.image_size
     spec = SceneCacheSpec("pretrain", config.world_seed, config.num_scenes, size, layout=config.layout)
@@ -116,7 +121,7 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
     if config.amp:
         model = model.to(memory_format=torch.channels_last)
     # The loop checkpoints this pair; only the CLIP model is saved as the final teacher.
-    trained = torch.nn.ModuleDict({"clip": model, "concept_head": head})
+    trained = torch.nn.ModuleDict({"clip": model, "concept_head": head}).to(device)
 
     decay, no_decay = [], []
     for name, param in trained.named_parameters():
@@ -147,10 +152,11 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
 
     def step_fn(step: int) -> dict[str, float]:
         indices, images, captions = batches(step)
+        images = images.to(device, non_blocking=True)
         if config.amp:
             images = images.contiguous(memory_format=torch.channels_last)
         metrics = {}
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
             image_emb, text_emb, scale = model(images, captions)
             if concepts is not None:
                 rng = np.random.default_rng([config.seed, 2_000_003, step])
@@ -159,7 +165,7 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
                 concept_emb = model.embed_texts(phrase_inputs([template.format(concepts.pool.names[i]) for i in vocab]))
         loss = clip_loss = contrastive_loss(image_emb.float(), text_emb.float(), scale.float())
         if concepts is not None:
-            concept_loss = head.loss(image_emb.float(), F.normalize(concept_emb.float(), dim=-1), targets)
+            concept_loss = head.loss(image_emb.float(), F.normalize(concept_emb.float(), dim=-1), targets.to(device))
             loss = clip_loss + config.concept_weight * concept_loss
             metrics = {"clip_loss": clip_loss.item(), "concept_loss": concept_loss.item()}
         optimizer.zero_grad(set_to_none=True)
@@ -190,6 +196,6 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
             "data": f"EmojiWorld pretrain split, {config.num_scenes} {config.layout} images at {size} px, seed {config.world_seed}",
             "final_loss": result.metrics.get("loss"),
         }
-        model = model.to(memory_format=torch.contiguous_format)
+        model = model.to("cpu", memory_format=torch.contiguous_format)
         _log.info("saved teacher to %s", save_final_model(model, out, training, began=began))
     return result

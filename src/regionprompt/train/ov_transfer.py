@@ -50,6 +50,7 @@ from torchvision.ops import box_iou
 
 from regionprompt.data.files import atomic_write_text
 from regionprompt.detect.rpn import ProposalNetwork
+from regionprompt.devices import resolve_device
 from regionprompt.errors import RegionPromptError
 from regionprompt.logging_utils import get_logger
 from regionprompt.regionclip.region_encoder import ROI_SIZE, region_feature_map
@@ -286,13 +287,16 @@ class TransferStep:
         rpn: the frozen proposal network.
         batches: det-train batches (:class:`~regionprompt.train.trex2.SceneBatches`).
         classes: the base classes; class_embeddings: ``(C, D)`` their normalised text embeddings.
+        device: where the models are; RoI sampling runs on the CPU and its batch is moved there.
     """
 
     def __init__(self, clip: RegionPromptCLIP, model: TransferModel, rpn: ProposalNetwork, batches: SceneBatches,
-                 classes: BaseClasses, class_embeddings: torch.Tensor, config: RegionClipTransferConfig) -> None:
+                 classes: BaseClasses, class_embeddings: torch.Tensor, config: RegionClipTransferConfig,
+                 device: torch.device = torch.device("cpu")) -> None:
         self.clip, self.model, self.rpn, self.batches = clip, model, rpn.eval(), batches
         self.classes, self.class_embeddings, self.config = classes, class_embeddings, config
         self.input_size = int(config.image_size or clip.card.vision.image_size)
+        self.device = device
 
     def rois(self, step: int) -> RoiBatch:
         """The batch of ``step`` with its proposals, labels and sampled RoIs (deterministic in ``step``)."""
@@ -311,18 +315,18 @@ class TransferStep:
                 gt_boxes = torch.stack([size - gt_boxes[:, 2], gt_boxes[:, 1], size - gt_boxes[:, 0], gt_boxes[:, 3]], 1)
             pixels.append(image)
             # One image per RPN call: its proposals do not depend on which scenes share the batch.
-            proposals = self.rpn.propose(image[None], max_proposals=config.rpn_proposals)[0].boxes
+            proposals = self.rpn.propose(image[None].to(self.device), max_proposals=config.rpn_proposals)[0].boxes.cpu()
             candidates = torch.cat([proposals.float(), gt_boxes])
             candidate_labels = label_candidates(candidates, gt_boxes, gt_labels, self.classes.background, config.fg_iou)
             rng = np.random.default_rng([config.seed, 3, step, b])
             pick = sample_rois(candidate_labels, self.classes.background, config.rois_per_image, config.fg_fraction, rng)
             boxes.append(candidates[pick] * scale)
             labels.append(candidate_labels[pick])
-        stacked = torch.stack(pixels)
+        stacked = torch.stack(pixels).to(self.device)
         if size != self.input_size:
             stacked = F.interpolate(stacked, size=(self.input_size, self.input_size), mode="bilinear",
                                     align_corners=False, antialias=True).clamp_(0, 1)
-        return RoiBatch(stacked, tuple(boxes), torch.cat(labels))
+        return RoiBatch(stacked, tuple(b.to(self.device) for b in boxes), torch.cat(labels).to(self.device))
 
     def logits(self, rois: RoiBatch) -> torch.Tensor:
         """``(R, C + 1)`` logits of the RoIs: cosines with the class texts and the background, over T."""
@@ -371,8 +375,10 @@ def initial_background(clip: RegionPromptCLIP, config: RegionClipTransferConfig,
 
 def prepare(config: RegionClipTransferConfig, *, clip: str | Path | RegionPromptCLIP,
             rpn: str | Path | ProposalNetwork, cache: SceneCache,
-            text_cache: EmbeddingCache | None = None) -> TransferStep:
-    """Load the CLIP and the RPN, embed the base classes, and build the trainable model and the step."""
+            text_cache: EmbeddingCache | None = None, device: str | torch.device = "cpu") -> TransferStep:
+    """Load the CLIP and the RPN, embed the base classes, and build the trainable model and the step, with
+    the models on ``device``."""
+    device = resolve_device(device)
     clip_model = clip if isinstance(clip, RegionPromptCLIP) else load_checkpoint(clip)
     rpn_model = rpn if isinstance(rpn, ProposalNetwork) else ProposalNetwork.load(rpn)
     rpn_model.eval().requires_grad_(False)
@@ -380,7 +386,10 @@ def prepare(config: RegionClipTransferConfig, *, clip: str | Path | RegionPrompt
     embeddings = class_embeddings(clip_model, classes, config.templates, text_cache)
     model = TransferModel(clip_model, config.frozen_stages, initial_background(clip_model, config, text_cache))
     batches = SceneBatches(cache, config.batch_size, config.seed)
-    return TransferStep(clip_model, model, rpn_model, batches, classes, embeddings, config)
+    clip_model.to(device)
+    model.to(device)  # the background; the image tower is the CLIP's own, already moved
+    rpn_model.to(device)
+    return TransferStep(clip_model, model, rpn_model, batches, classes, embeddings.to(device), config, device)
 
 
 def _summary(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -391,7 +400,7 @@ def train_regionclip_detector(config: RegionClipTransferConfig, out_dir: str | P
                               clip: str | Path | RegionPromptCLIP, rpn: str | Path | ProposalNetwork,
                               cache_dir: str | Path | None = None, workers: int = 2,
                               text_cache: EmbeddingCache | None = None, log_every: int = 10,
-                              max_steps_this_run: int | None = None) -> LoopResult:
+                              max_steps_this_run: int | None = None, device: str | torch.device = "cpu") -> LoopResult:
     """Train (or resume) the RegionCLIP detector; the final detector folder is saved to ``out_dir/model``.
 
     Args:
@@ -399,11 +408,12 @@ def train_regionclip_detector(config: RegionClipTransferConfig, out_dir: str | P
         rpn: the trained proposal network folder (frozen), or the network.
         cache_dir: the det-train scene cache (default ``out_dir/scene_cache``); rendered if missing.
         text_cache: where the class-name embeddings persist (``None``: computed, not stored).
+        device: where the models train (``"cuda"`` on a GPU); not part of the recipe.
     """
     out = Path(out_dir)
     spec = SceneCacheSpec("det-train", config.world_seed, config.num_scenes, config.scene_size)
     cache = build_scene_cache(spec, Path(cache_dir or out / "scene_cache"), workers=workers)
-    step_losses = prepare(config, clip=clip, rpn=rpn, cache=cache, text_cache=text_cache)
+    step_losses = prepare(config, clip=clip, rpn=rpn, cache=cache, text_cache=text_cache, device=device)
     model, clip_model, rpn_model = step_losses.model, step_losses.clip, step_losses.rpn
     tower = model.tower_parameters()
     optimizer = torch.optim.AdamW(
@@ -439,6 +449,8 @@ def train_regionclip_detector(config: RegionClipTransferConfig, out_dir: str | P
         max_steps_this_run=max_steps_this_run,
     )
     if result.finished:
+        for module in (clip_model, model, rpn_model):
+            module.to("cpu")
         folder = save_detector(step_losses, out, {
             "stage": "RegionCLIP open-vocabulary transfer (detector fine-tuning on base classes)",
             "recipe": asdict(config),

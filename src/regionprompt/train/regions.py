@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regionprompt.devices import resolve_device
 from regionprompt.errors import RegionPromptError
 from regionprompt.logging_utils import get_logger
 from regionprompt.regionclip.label_store import PseudoLabels
@@ -82,6 +83,9 @@ class RegionPretrainConfig:
     image_size: int | None = None  # side of the training images; None: the scene cache's
     seed: int = 0  # batch order and region sampling
     checkpoint_every: int = 100
+    # Concept-balanced sampling (LVIS's repeat factors): an image is repeated max(1, sqrt(t / f)) times per
+    # epoch, f the fraction of labelled images holding its rarest pseudo-label concept; 0 = off.
+    repeat_threshold: float = 0.0
 
     def validate(self) -> None:
         if self.distill_source not in DISTILL_SOURCES:
@@ -91,6 +95,8 @@ class RegionPretrainConfig:
             raise RegionPromptError(f"loss weights must be >= 0 and not all 0, got {weights}")
         if self.temperature <= 0:
             raise RegionPromptError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.repeat_threshold <= 1.0:
+            raise RegionPromptError(f"repeat_threshold must be in [0, 1], got {self.repeat_threshold}")
         for name in ("steps", "batch_size", "regions_per_image"):
             if getattr(self, name) < 1:
                 raise RegionPromptError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -124,21 +130,49 @@ class RegionBatch:
         return RegionBatch(images.clamp_(0, 1), [b * (size / current) for b in self.boxes], self.concept,
                            self.topk_index, self.topk_prob, self.captions)
 
+    def to(self, device: torch.device) -> RegionBatch:
+        """The batch's tensors on ``device``."""
+        return RegionBatch(self.images.to(device), [b.to(device) for b in self.boxes], self.concept.to(device),
+                           self.topk_index.to(device), self.topk_prob.to(device), self.captions)
+
+
+def repeat_factors(labels: PseudoLabels, threshold: float) -> np.ndarray:
+    """``(N,)`` float: LVIS's repeat factor of each labelled image, ``max(1, sqrt(threshold / f_c))``
+    maximised over the image's pseudo-label concepts ``c``, where ``f_c`` is the fraction of the images
+    that hold ``c``. Images without labels get 1; ``threshold == 0`` gives all ones."""
+    per_image = [np.unique(labels.regions(i).concept.numpy()) for i in range(len(labels))]
+    if threshold <= 0:
+        return np.ones(len(per_image))
+    counts = np.bincount(np.concatenate(per_image + [np.zeros(0, np.int64)]), minlength=len(labels.pool_names))
+    frequency = counts / max(len(per_image), 1)
+    factors = np.ones(len(per_image))
+    for i, concepts in enumerate(per_image):
+        if len(concepts):
+            factors[i] = max(1.0, float(np.sqrt(threshold / frequency[concepts]).max()))
+    return factors
+
 
 class RegionBatches:
     """Deterministic batches over the pseudo-labelled images: epoch permutations, region samples and
     caption choices are functions of ``(seed, step)``."""
 
-    def __init__(self, labels: PseudoLabels, cache: SceneCache, batch_size: int, regions_per_image: int, seed: int) -> None:
+    def __init__(self, labels: PseudoLabels, cache: SceneCache, batch_size: int, regions_per_image: int, seed: int,
+                 repeat_threshold: float = 0.0) -> None:
         if len(labels) < batch_size:
             raise RegionPromptError(f"{labels.directory} covers {len(labels)} images, fewer than the batch size {batch_size}")
         self.labels, self.cache = labels, cache
         self.batch_size, self.regions_per_image, self.seed = batch_size, regions_per_image, seed
-        self.per_epoch = len(labels) // batch_size
+        # One fixed stochastic rounding of the repeat factors: every epoch permutes the same multiset of
+        # image indices, so an epoch's length, and with it the step -> batch map, is constant.
+        factors = repeat_factors(labels, repeat_threshold)
+        whole = np.floor(factors)
+        extra = np.random.default_rng([seed, 7_000_003]).random(len(factors)) < factors - whole
+        self.pool = np.repeat(np.arange(len(labels)), (whole + extra).astype(np.int64))
+        self.per_epoch = len(self.pool) // batch_size
 
     def __call__(self, step: int) -> RegionBatch:
         epoch, position = divmod(step, self.per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+        order = self.pool[np.random.default_rng([self.seed, epoch]).permutation(len(self.pool))]
         indices = np.sort(order[position * self.batch_size : (position + 1) * self.batch_size])
         boxes, concept, topk_index, topk_prob, captions = [], [], [], [], []
         for i in indices.tolist():
@@ -171,14 +205,14 @@ def region_losses(student: RegionPromptCLIP, teacher: RegionPromptCLIP, batch: R
     t = config.temperature
     height, width = batch.images.shape[-2:]
     with_image = config.image_text_weight > 0
-    whole = torch.tensor([[0.0, 0.0, float(width), float(height)]])
+    whole = torch.tensor([[0.0, 0.0, float(width), float(height)]], device=batch.images.device)
     # One RoI pass over each image's regions, followed by its whole-image box when image-text is on.
     boxes = [torch.cat([x, whole]) for x in batch.boxes] if with_image else batch.boxes
     feature_map = region_feature_map(student, batch.images)
     embeddings = F.normalize(student.visual.pool_regions(feature_map, boxes, ROI_SIZE), dim=-1)
-    is_whole = torch.zeros(len(embeddings), dtype=torch.bool)
+    is_whole = torch.zeros(len(embeddings), dtype=torch.bool, device=embeddings.device)
     if with_image:
-        is_whole[torch.tensor([len(x) for x in boxes]).cumsum(0) - 1] = True
+        is_whole[torch.tensor([len(x) for x in boxes], device=embeddings.device).cumsum(0) - 1] = True
     region_emb, image_emb = embeddings[~is_whole], embeddings[is_whole]
     losses: dict[str, torch.Tensor] = {}
     if config.distill_weight > 0:
@@ -212,9 +246,10 @@ class RegionTrainer:
     batches: RegionBatches
     labels: PseudoLabels
     config: RegionPretrainConfig
+    device: torch.device = torch.device("cpu")
 
     def batch(self, step: int) -> RegionBatch:
-        batch = self.batches(step)
+        batch = self.batches(step).to(self.device)
         return batch.resized(self.config.image_size) if self.config.image_size else batch
 
     def losses(self, step: int) -> dict[str, torch.Tensor]:
@@ -223,10 +258,12 @@ class RegionTrainer:
 
 
 def prepare(config: RegionPretrainConfig, *, teacher: str | Path | RegionPromptCLIP, labels_dir: str | Path,
-            cache_dir: str | Path, embedding_cache: EmbeddingCache | None = None) -> RegionTrainer:
+            cache_dir: str | Path, embedding_cache: EmbeddingCache | None = None,
+            device: str | torch.device = "cpu") -> RegionTrainer:
     """Load the teacher, the pseudo labels and their scene cache, check they belong together, and
-    build the student (a copy of the teacher whose image tower alone is trainable)."""
+    build the student (a copy of the teacher whose image tower alone is trainable), both on ``device``."""
     config.validate()
+    device = resolve_device(device)
     teacher_model = teacher if isinstance(teacher, RegionPromptCLIP) else load_checkpoint(teacher)
     teacher_model.eval().requires_grad_(False)
     labels = PseudoLabels.open(labels_dir)
@@ -242,16 +279,19 @@ def prepare(config: RegionPretrainConfig, *, teacher: str | Path | RegionPromptC
     student.requires_grad_(False)
     student.visual.requires_grad_(True)
     freeze_batchnorm(student.visual)
-    batches = RegionBatches(labels, cache, config.batch_size, config.regions_per_image, config.seed)
-    return RegionTrainer(teacher_model, student, concept_emb, batches, labels, config)
+    batches = RegionBatches(labels, cache, config.batch_size, config.regions_per_image, config.seed,
+                            config.repeat_threshold)
+    return RegionTrainer(teacher_model.to(device), student.to(device), concept_emb.to(device), batches, labels, config,
+                         device)
 
 
 def train_regions(config: RegionPretrainConfig, out_dir: str | Path, *, teacher: str | Path, labels_dir: str | Path,
                   cache_dir: str | Path, max_steps_this_run: int | None = None,
-                  embedding_cache: EmbeddingCache | None = None) -> LoopResult:
-    """Train (or resume) the student; the final model is saved to ``out_dir/model``."""
+                  embedding_cache: EmbeddingCache | None = None, device: str | torch.device = "cpu") -> LoopResult:
+    """Train (or resume) the student on ``device``; the final model is saved to ``out_dir/model``."""
     out = Path(out_dir)
-    trainer = prepare(config, teacher=teacher, labels_dir=labels_dir, cache_dir=cache_dir, embedding_cache=embedding_cache)
+    trainer = prepare(config, teacher=teacher, labels_dir=labels_dir, cache_dir=cache_dir, embedding_cache=embedding_cache,
+                      device=device)
     visual = trainer.student.visual
     decay, no_decay = [], []
     for param in visual.parameters():
@@ -293,7 +333,7 @@ def train_regions(config: RegionPretrainConfig, out_dir: str | Path, *, teacher:
         max_steps_this_run=max_steps_this_run,
     )
     if result.finished:
-        student = trainer.student
+        student = trainer.student.to("cpu")
         teacher_card = trainer.teacher.card
         training = {
             "stage": "RegionCLIP region-text pretraining (student)",

@@ -84,7 +84,7 @@ class _EncoderMixin:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` float RGB in [0, 1] -> CLIP-normalised pixels (same shape)."""
-        return (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
+        return (images - self.pixel_mean.to(images.device, images.dtype)) / self.pixel_std.to(images.device, images.dtype)
 
     @staticmethod
     def _roi_align(
