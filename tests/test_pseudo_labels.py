@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from regionprompt.cli import main
+from regionprompt.errors import RegionPromptError
 from regionprompt.regionclip.label_store import (
     MANIFEST_FILE,
     PseudoLabelError,
@@ -267,3 +268,12 @@ def test_caption_grounding_picks_the_most_probable_region_per_concept():
     strict = PseudoLabelConfig(vocabulary="caption", threshold=0.99)  # p(1 | r0) = 0.993, p(3 | r1) = 0.982
     keep, concept = _caption_grounded(logits, torch.tensor([1, 3]), strict)
     assert keep.tolist() == [0] and concept.tolist() == [1]
+
+
+def test_an_explicit_cpu_device_gives_the_same_labels_and_a_missing_gpu_is_refused_early(world, full_run, tmp_path):
+    _run(world, tmp_path / "cpu", device="cpu")
+    _same_contents(full_run, tmp_path / "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RegionPromptError, match="no CUDA GPU"):
+            _run(world, tmp_path / "gpu", device="cuda")
+        assert not (tmp_path / "gpu").exists()  # refused before anything was written

@@ -273,6 +273,7 @@ def pseudo_label(teacher: RegionPromptCLIP, source: ProposalSource, cache: Scene
         PseudoLabelError: ``out_dir`` holds labels made with other settings.
     """
     config.validate()
+    device = resolve_device(device)
     names = list(pool_names)
     if not names or len(set(names)) != len(names):
         raise RegionPromptError(f"the concept pool must hold unique names; got {len(names)} names, {len(set(names))} distinct")
@@ -287,8 +288,7 @@ def pseudo_label(teacher: RegionPromptCLIP, source: ProposalSource, cache: Scene
     if start >= stop:
         return PseudoLabelRun(writer.directory, start, start, writer.next_image, 0, 0, 0.0)
     concept_emb = embed_concepts(teacher, names, config.templates, embedding_cache)
-    device = resolve_device(device)  # moved after embedding: the embedding cache hashes weights on the CPU
-    teacher.to(device)
+    teacher.to(device)  # only after embedding: the embedding cache hashes the weights on the CPU
     if isinstance(source, torch.nn.Module):
         source.to(device)
     concept_emb = concept_emb.to(device)
