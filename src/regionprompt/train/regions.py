@@ -140,9 +140,9 @@ def repeat_factors(labels: PseudoLabels, threshold: float) -> np.ndarray:
     """``(N,)`` float: LVIS's repeat factor of each labelled image, ``max(1, sqrt(threshold / f_c))``
     maximised over the image's pseudo-label concepts ``c``, where ``f_c`` is the fraction of the images
     that hold ``c``. Images without labels get 1; ``threshold == 0`` gives all ones."""
+    if threshold <= 0:  # before reading any shard: off is the default and costs nothing
+        return np.ones(len(labels))
     per_image = [np.unique(labels.regions(i).concept.numpy()) for i in range(len(labels))]
-    if threshold <= 0:
-        return np.ones(len(per_image))
     counts = np.bincount(np.concatenate(per_image + [np.zeros(0, np.int64)]), minlength=len(labels.pool_names))
     frequency = counts / max(len(per_image), 1)
     factors = np.ones(len(per_image))
