@@ -70,12 +70,16 @@ def cache_name(spec: SceneCacheSpec) -> str:
 
 
 def scene_specs(config: DefaultPipelineConfig) -> dict[str, SceneCacheSpec]:
-    """The scene caches the recipe trains on: ``teacher``, ``rpn``, (T-Rex2 on) ``trex2`` -- the spec
+    """The scene caches the recipe trains on: ``teacher``, ``rpn`` (each unless it comes from committed
+    weights), (T-Rex2 on) ``trex2`` -- the spec
     :func:`~regionprompt.train.trex2.train_trex2` renders, often equal to the RPN's and then one folder --
     and (student only) ``pseudo_labels``."""
     t, r = config.teacher, config.rpn
-    specs = {"teacher": SceneCacheSpec("pretrain", t.world_seed, t.num_scenes, int(t.image_size or 0), layout=t.layout),
-             "rpn": SceneCacheSpec("det-train", r.world_seed, r.num_scenes, r.image_size)}
+    specs = {}
+    if config.teacher_weights is None:
+        specs["teacher"] = SceneCacheSpec("pretrain", t.world_seed, t.num_scenes, int(t.image_size or 0), layout=t.layout)
+    if config.rpn_weights is None:
+        specs["rpn"] = SceneCacheSpec("det-train", r.world_seed, r.num_scenes, r.image_size)
     if config.trex2 is not None:
         x = config.trex2
         specs["trex2"] = SceneCacheSpec("det-train", x.world_seed, x.num_scenes, x.image_size)
@@ -150,7 +154,7 @@ class StageReport:
         name: the stage (:data:`STAGES`).
         status: ``"ran"``, ``"skipped"`` (output already complete), ``"adopted"`` (a complete output this
             pipeline did not record, e.g. a model trained earlier by the stage's own command) or ``"off"``
-            (not part of this recipe).
+            (not part of this recipe) or ``"committed"`` (taken from committed stage weights).
         seconds: wall time in this invocation.
         total_seconds: wall time of every invocation that went into the output (what the card records).
         output: the stage's output path.
@@ -302,6 +306,33 @@ def _final_loss(run_dir: Path) -> str:
     return f"loss {loss:.3f}" if isinstance(loss, (int, float)) else ""
 
 
+def committed_weights(spec: str, what: str) -> Path:
+    """A committed stage-weights folder (e.g. ``weights/student8-minilm``), checked to hold a model.
+
+    Relative paths are read from the working directory (a clone of the repository)."""
+    folder = Path(spec)
+    if not ((folder / "card.json").is_file() and (folder / "model.safetensors").is_file()):
+        raise RegionPromptError(f"the {what} weights {spec!r} are missing (card.json + model.safetensors); run "
+                                "`regionprompt train default` from a clone of the repository, whose weights/ folder "
+                                "holds them, or give the recipe another folder")
+    return folder
+
+
+def _model_record(model_dir: Path) -> dict[str, Any]:
+    """The ``recipe.json`` of a stage's output: beside the model folder (``RUN/model``) or inside it
+    (committed weights), with the weights hash."""
+    beside, inside = model_dir.parent / RECIPE_FILE, model_dir / RECIPE_FILE
+    path = beside if model_dir.name == MODEL_DIR and beside.is_file() else inside
+    record = read_json(path) if path.is_file() else {}
+    return {**record, "weights_hash": _weights_hash(model_dir), "folder": str(model_dir)}
+
+
+def _recorded_seconds(model_dir: Path) -> float:
+    """Training wall time recorded with committed weights (0 when none is)."""
+    value = _model_record(model_dir).get("seconds_last_invocation")
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
 # ---- the pipeline ---------------------------------------------------------------------------------------
 
 
@@ -372,23 +403,35 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         lambda: all(_cache_complete(paths.cache(s), s) for s in specs.values()) and _build_complete(world_test, config),
         render))
 
-    # -- teacher and RPN
-    def train_teacher() -> str:
-        train_clip(config.teacher, paths.teacher, cache_dir=paths.cache(specs["teacher"]), workers=config.workers)
-        return _final_loss(paths.teacher)
+    # -- teacher and RPN: trained here, or taken from committed stage weights
+    if config.teacher_weights is not None:
+        teacher_model = committed_weights(config.teacher_weights, "teacher")
+        reports.append(StageReport("teacher", "committed", 0.0, _recorded_seconds(teacher_model), str(teacher_model),
+                                   f"weights {_weights_hash(teacher_model)[:12]}"))
+    else:
+        def train_teacher() -> str:
+            train_clip(config.teacher, paths.teacher, cache_dir=paths.cache(specs["teacher"]), workers=config.workers)
+            return _final_loss(paths.teacher)
 
-    reports.append(state.run("teacher", settings_key(config.teacher), paths.teacher / MODEL_DIR,
-                             lambda: _model_complete(paths.teacher, config.teacher), train_teacher,
-                             adopt=_adopt_run(paths.teacher)))
+        reports.append(state.run("teacher", settings_key(config.teacher), paths.teacher / MODEL_DIR,
+                                 lambda: _model_complete(paths.teacher, config.teacher), train_teacher,
+                                 adopt=_adopt_run(paths.teacher)))
+        teacher_model = paths.teacher / MODEL_DIR
 
-    def train_proposals() -> str:
-        train_rpn(config.rpn, paths.rpn, cache_dir=paths.cache(specs["rpn"]), workers=config.workers)
-        return _final_loss(paths.rpn)
+    if config.rpn_weights is not None:
+        rpn_model = committed_weights(config.rpn_weights, "RPN")
+        reports.append(StageReport("rpn", "committed", 0.0, _recorded_seconds(rpn_model), str(rpn_model),
+                                   f"weights {_weights_hash(rpn_model)[:12]}"))
+    else:
+        def train_proposals() -> str:
+            train_rpn(config.rpn, paths.rpn, cache_dir=paths.cache(specs["rpn"]), workers=config.workers)
+            return _final_loss(paths.rpn)
 
-    reports.append(state.run("rpn", settings_key(config.rpn), paths.rpn / MODEL_DIR,
-                             lambda: _model_complete(paths.rpn, config.rpn), train_proposals, adopt=_adopt_run(paths.rpn)))
+        reports.append(state.run("rpn", settings_key(config.rpn), paths.rpn / MODEL_DIR,
+                                 lambda: _model_complete(paths.rpn, config.rpn), train_proposals,
+                                 adopt=_adopt_run(paths.rpn)))
+        rpn_model = paths.rpn / MODEL_DIR
 
-    teacher_model, rpn_model = paths.teacher / MODEL_DIR, paths.rpn / MODEL_DIR
     candidates = {"teacher": teacher_model}
 
     # -- T-Rex2: trained on the teacher's model folder, whatever ``config.trex2.clip`` says
@@ -410,7 +453,8 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
 
     # -- optional student
     if config.student:
-        pool = (str(paths.teacher / "concept_pool.json") if config.pseudo_label_pool == "teacher"
+        pool = (str(teacher_model.parent / "concept_pool.json" if config.teacher_weights is None
+                    else teacher_model / "concept_pool.json") if config.pseudo_label_pool == "teacher"
                 else config.pseudo_label_pool)
         if config.pseudo_label_pool == "teacher" and not Path(pool).is_file():
             raise RegionPromptError(f"{pool} is missing: the teacher recipe has no caption-concept pool "
@@ -505,7 +549,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         seconds = {r.name: r.total_seconds for r in reports if r.status != "off"}
         card = build_model_card(
             paths.detector, name=MODEL_NAME, description=_description(chosen, config), recipe=config.to_dict(),
-            stage_records=_stage_records(paths, candidates), stage_seconds=seconds,
+            stage_records=_stage_records(paths, candidates, teacher_model, rpn_model), stage_seconds=seconds,
             evaluation=_evaluation_entry(evaluations, chosen, config), command=command)
         write_model_card(paths.detector, card)
         return f"chose {chosen}"
@@ -523,7 +567,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         names_by_id = {c["id"]: c["name"] for c in gt["categories"]}
         present = sorted({names_by_id[a["category_id"]] for a in gt["annotations"]})
         texts = None
-        if config.teacher.text == "clip":  # only a CLIP text tower has a token embedding to cut
+        if config.teacher_weights is None and config.teacher.text == "clip":  # only a CLIP text tower has a token embedding to cut
             texts = training_texts(config, paths, specs["teacher"], detector=chosen)
         with torch.no_grad():
             report = install_detector(paths.detector, Path(install_to), half=half, token_texts=texts,
@@ -586,6 +630,8 @@ def _pct(value: Any) -> str:
 def _description(chosen: str, config: DefaultPipelineConfig) -> str:
     teacher = (f"{config.teacher.card}, {config.teacher.text} text tower, pretrained on {config.teacher.num_scenes} "
                f"{config.teacher.layout} {config.teacher.image_size} px image-caption pairs")
+    if config.teacher_weights is not None:
+        teacher = f"committed weights {config.teacher_weights}"
     if chosen == "trex2" and config.trex2 is not None:
         x = config.trex2
         return (f"T-Rex2 detector on EmojiWorld: {x.num_queries} DETR queries over a {x.encoder_layers}-layer "
@@ -600,9 +646,12 @@ def _description(chosen: str, config: DefaultPipelineConfig) -> str:
             f"classified by {clip} ({teacher}). Profile {config.profile!r}.")
 
 
-def _stage_records(paths: PipelinePaths, candidates: Mapping[str, Path]) -> dict[str, Any]:
-    """What each trainer recorded (``recipe.json``: recipe, data, final loss, seconds), plus pseudo-label identity."""
-    records = {"teacher": read_json(paths.teacher / RECIPE_FILE), "rpn": read_json(paths.rpn / RECIPE_FILE)}
+def _stage_records(paths: PipelinePaths, candidates: Mapping[str, Path], teacher_model: Path,
+                   rpn_model: Path) -> dict[str, Any]:
+    """What each trainer recorded (``recipe.json``: recipe, data, final loss, seconds), plus pseudo-label identity.
+
+    A stage from committed weights contributes its folder's ``recipe.json`` and its weights hash."""
+    records = {"teacher": _model_record(teacher_model), "rpn": _model_record(rpn_model)}
     if "trex2" in candidates:
         records["trex2"] = read_json(paths.trex2 / RECIPE_FILE)
     if "student" in candidates:

@@ -62,6 +62,8 @@ class DefaultPipelineConfig:
     """
 
     profile: str = "default"  # "default" or "fast" (tiny, for tests); recorded, not interpreted
+    teacher_weights: str | None = None  # a committed CLIP model folder used instead of training the teacher
+    rpn_weights: str | None = None  # a committed proposal-network folder used instead of training the RPN
     teacher: ClipPretrainConfig = TEACHER
     rpn: RpnTrainConfig = RPN
     detector: ZeroShotConfig = DETECTOR

@@ -28,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.ops import box_convert
 
 from regionprompt.errors import DatasetError, RegionPromptError
 from regionprompt.logging_utils import get_logger
+from regionprompt.train.augment import augment_batch
 from regionprompt.train.finalize import save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
@@ -88,6 +90,13 @@ class TRex2TrainConfig:
     dn_box_noise: float = 1.0
     align_weight: float = 1.0  # text-visual alignment InfoNCE
     align_temperature: float = 0.1
+    # T-Rex2 v2 levers (all off by default: the v1 recipe). See the module docstring.
+    paired_batches: bool = False  # half of each batch: partner scenes sharing a concept with the other half
+    cross_image_prob: float = 0.0  # visual iterations: a concept in several images is prompted from one of them only
+    exemplar_mean_prob: float = 0.0  # ... or by the mean of its per-image embeddings (generic, K > 1)
+    visual_text_negatives: int = 0  # visual iterations: text columns of this many absent base concepts (negatives)
+    augment: bool = False  # appearance augmentation that keeps the concept (blur, noise, contrast, outline-only)
+    amp: bool = False  # bfloat16 autocast of the forward pass (CPUs with AVX512-BF16 / AMX)
     seed: int = 0  # model init, batch order, prompt sampling
     checkpoint_every: int = 200
 
@@ -96,6 +105,15 @@ class TRex2TrainConfig:
             raise RegionPromptError(f"cycle must be a non-empty string of t (text), b (box), p (point), got {self.cycle!r}")
         if self.max_prompts < 1 or self.batch_size < 1 or self.steps < 1:
             raise RegionPromptError("max_prompts, batch_size and steps must be at least 1")
+        if self.paired_batches and self.batch_size < 2:
+            raise RegionPromptError("paired batches need a batch size of at least 2")
+        for name in ("cross_image_prob", "exemplar_mean_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise RegionPromptError(f"{name.replace('_', '-')} must lie in [0, 1], got {getattr(self, name)}")
+        if self.cross_image_prob + self.exemplar_mean_prob > 1.0:
+            raise RegionPromptError("cross-image-prob + exemplar-mean-prob must not exceed 1")
+        if self.visual_text_negatives < 0 or self.extra_negatives < 0:
+            raise RegionPromptError("extra-negatives and visual-text-negatives must be >= 0")
 
     def iteration_kind(self, step: int) -> str:
         """``"text"``, ``"box"`` or ``"point"`` for ``step`` (0-based)."""
@@ -139,28 +157,64 @@ class SceneBatch:
 
 
 class SceneBatches:
-    """Deterministic batches from the step number: epoch permutations of the scenes that have labels."""
+    """Deterministic batches from the step number: epoch permutations of the scenes that have labels.
 
-    def __init__(self, cache: SceneCache, batch_size: int, seed: int) -> None:
+    With ``paired``, the first ``ceil(B / 2)`` scenes of a batch come from the epoch permutation
+    (anchors) and each of the others is a *partner*: a random other scene holding one of its anchor's
+    concepts (drawn in either artwork style), so a prompt drawn on one scene has a target in another --
+    the generic, cross-image workflow. ``augment`` applies :func:`~regionprompt.train.augment.augment_batch`.
+    """
+
+    def __init__(self, cache: SceneCache, batch_size: int, seed: int, *, paired: bool = False,
+                 augment: bool = False) -> None:
         self.cache, self.batch_size, self.seed = cache, batch_size, seed
+        self.paired, self.augment = paired, augment
         self.targets = [cache.labelled_targets(i) for i in range(len(cache))]
         self.eligible = np.asarray([i for i, (_, ids) in enumerate(self.targets) if len(ids)], dtype=np.int64)
         if len(self.eligible) < batch_size:
             raise DatasetError(f"{cache.directory}: only {len(self.eligible)} scenes with labelled objects, "
                                f"fewer than the batch size {batch_size}")
-        self.per_epoch = len(self.eligible) // batch_size
+        self.anchors = (batch_size + 1) // 2 if paired else batch_size
+        self.per_epoch = len(self.eligible) // self.anchors
+        scenes: dict[int, list[int]] = {}
+        for i in self.eligible:
+            for c in sorted({int(c) for c in self.targets[i][1]}):
+                scenes.setdefault(c, []).append(int(i))
+        self.scenes_of = {c: np.asarray(v, dtype=np.int64) for c, v in scenes.items()}
 
     def concept_ids(self) -> list[int]:
         """Every concept that has a labelled box somewhere in the cache, sorted."""
-        return sorted({int(c) for _, ids in self.targets for c in ids})
+        return sorted(self.scenes_of)
 
-    def __call__(self, step: int) -> SceneBatch:
+    def _partner(self, anchor: int, rng: np.random.Generator) -> int:
+        """Another scene sharing a random concept of ``anchor`` (any scene when none does)."""
+        concepts = sorted({int(c) for c in self.targets[anchor][1]})
+        for c in rng.permutation(concepts):
+            others = self.scenes_of[int(c)]
+            others = others[others != anchor]
+            if len(others):
+                return int(rng.choice(others))
+        return int(rng.choice(self.eligible[self.eligible != anchor]))
+
+    def indices(self, step: int) -> np.ndarray:
+        """Scene indices of the batch of ``step``: anchors first, then their partners (``paired``)."""
         epoch, position = divmod(step, self.per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(self.eligible)
-        indices = np.sort(order[position * self.batch_size : (position + 1) * self.batch_size])
+        anchors = order[position * self.anchors : (position + 1) * self.anchors]
+        if not self.paired:
+            return np.sort(anchors)
+        rng = np.random.default_rng([self.seed, 3, step])
+        partners = [self._partner(int(a), rng) for a in anchors[: self.batch_size - self.anchors]]
+        return np.concatenate([anchors, np.asarray(partners, dtype=np.int64)])
+
+    def __call__(self, step: int) -> SceneBatch:
+        indices = self.indices(step)
         images = torch.from_numpy(np.ascontiguousarray(self.cache.images[indices])).permute(0, 3, 1, 2)
+        images = images.float().div_(255.0)
+        if self.augment:
+            images = augment_batch(images, self.seed, step)
         return SceneBatch(
-            images.float().div_(255.0),
+            images,
             tuple(self.targets[i][0] for i in indices),
             tuple(self.targets[i][1] for i in indices),
         )
@@ -210,28 +264,74 @@ class TRex2Step:
         )
         return StepPrompts(prompts, torch.tensor(columns), targets, torch.zeros(()))
 
+    def _draw(self, boxes: np.ndarray, kind: str, rng: np.random.Generator) -> torch.Tensor:
+        """1..``max_prompts`` random boxes of ``boxes`` ``(M, 4)`` -> ``(n, 4)`` box or ``(n, 2)`` point prompts."""
+        count = int(rng.integers(1, min(self.config.max_prompts, len(boxes)) + 1))
+        chosen = boxes[rng.choice(len(boxes), size=count, replace=False)]
+        if kind == "point":
+            centre = (chosen[:, :2] + chosen[:, 2:]) / 2
+            inside = chosen[:, :2] + rng.random((count, 2)) * (chosen[:, 2:] - chosen[:, :2])
+            use_centre = rng.random(count) < self.config.centre_point_prob
+            chosen = np.where(use_centre[:, None], centre, inside)
+        return torch.from_numpy(np.ascontiguousarray(chosen, dtype=np.float32))
+
     def _visual_prompts(self, batch: SceneBatch, encoded, kind: str, rng: np.random.Generator) -> StepPrompts:
-        groups, columns, position = [], [], {}
-        for b, (boxes, ids) in enumerate(zip(batch.boxes, batch.concepts)):
+        """Prompt columns of a box / point iteration.
+
+        Per concept present in the batch: by default one column per image holding it (prompts drawn on
+        that image); when it is in several images, with ``cross_image_prob`` one column drawn on one of
+        them (the others find it from that exemplar), with ``exemplar_mean_prob`` one column that is the
+        mean of the per-image embeddings (generic prompting with K > 1). Each object's target column is
+        a column of its concept (its own image's when there is one). ``visual_text_negatives`` absent base
+        concepts join as text columns with no target.
+        """
+        config = self.config
+        groups: list[tuple[int, torch.Tensor]] = []
+        column_groups: list[list[int]] = []  # per column: the groups it averages
+        columns: list[int] = []
+        position: dict[tuple[int, int], int] = {}
+        images_of: dict[int, list[int]] = {}
+        for b, ids in enumerate(batch.concepts):
             for c in sorted({int(c) for c in ids}):
-                mine = boxes[ids == c]
-                count = int(rng.integers(1, min(self.config.max_prompts, len(mine)) + 1))
-                chosen = mine[rng.choice(len(mine), size=count, replace=False)]
-                if kind == "point":
-                    centre = (chosen[:, :2] + chosen[:, 2:]) / 2
-                    inside = chosen[:, :2] + rng.random((count, 2)) * (chosen[:, 2:] - chosen[:, :2])
-                    use_centre = rng.random(count) < self.config.centre_point_prob
-                    chosen = np.where(use_centre[:, None], centre, inside)
-                position[(b, c)] = len(columns)
+                images_of.setdefault(c, []).append(b)
+        for c, holders in sorted(images_of.items()):
+            draw = float(rng.random()) if len(holders) > 1 else 1.0
+            if draw < config.cross_image_prob:
+                sources, mode = [int(rng.choice(holders))], "one"
+            elif draw < config.cross_image_prob + config.exemplar_mean_prob:
+                sources, mode = holders, "mean"
+            else:
+                sources, mode = holders, "each"
+            first = len(groups)
+            for b in sources:
+                boxes = batch.boxes[b][batch.concepts[b] == c]
+                groups.append((b, self._draw(boxes, kind, rng)))
+            made = list(range(first, len(groups)))
+            if mode == "each":
+                for b, g in zip(sources, made):
+                    position[(b, c)] = len(columns)
+                    column_groups.append([g])
+                    columns.append(c)
+            else:
+                for b in holders:
+                    position[(b, c)] = len(columns)
+                column_groups.append(made)
                 columns.append(c)
-                groups.append((b, torch.from_numpy(np.ascontiguousarray(chosen, dtype=np.float32))))
         size = batch.images.shape[-1]
         prompt_batch = make_prompt_batch(groups, [(size, size)] * len(batch.boxes))
-        prompts = self.model.visual_prompt_embeddings(encoded, prompt_batch)
+        per_group = self.model.visual_prompt_embeddings(encoded, prompt_batch)
+        prompts = torch.stack([F.normalize(per_group[g].mean(dim=0), dim=-1) for g in column_groups])
         column_concepts = torch.tensor(columns)
         unique = sorted(set(columns))
         text = self.model.text_prompt_embeddings(self.text_table[torch.tensor([self.row[c] for c in unique])])
-        align = alignment_loss(prompts, column_concepts, text, torch.tensor(unique), self.config.align_temperature)
+        align = alignment_loss(prompts.float(), column_concepts, text.float(), torch.tensor(unique),
+                               config.align_temperature)
+        if config.visual_text_negatives:
+            others = [c for c in self.row if c not in images_of]
+            extra = [int(c) for c in rng.choice(others, size=min(config.visual_text_negatives, len(others)), replace=False)]
+            negatives = self.model.text_prompt_embeddings(self.text_table[torch.tensor([self.row[c] for c in extra])])
+            prompts = torch.cat([prompts, negatives])
+            column_concepts = torch.cat([column_concepts, torch.tensor(extra, dtype=column_concepts.dtype)])
         targets = tuple(
             DetectionTarget(boxes, torch.tensor([position[(b, int(c))] for c in ids], dtype=torch.long))
             for b, (boxes, ids) in enumerate(zip(self._normalised_targets(batch), batch.concepts))
@@ -243,11 +343,12 @@ class TRex2Step:
         config = self.config
         kind = config.iteration_kind(step)
         rng = np.random.default_rng([config.seed, 2, step])
-        encoded = self.model.encode_images(batch.images)
-        if kind == "text":
-            step_prompts = self._text_prompts(batch, rng)
-        else:
-            step_prompts = self._visual_prompts(batch, encoded, kind, rng)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
+            encoded = self.model.encode_images(batch.images)
+            if kind == "text":
+                step_prompts = self._text_prompts(batch, rng)
+            else:
+                step_prompts = self._visual_prompts(batch, encoded, kind, rng)
         denoising = None
         if config.dn_queries > 0:
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -256,7 +357,10 @@ class TRex2Step:
                 max_queries=config.dn_queries, label_noise=config.dn_label_noise, box_noise=config.dn_box_noise,
                 generator=generator,
             )
-        output = self.model(encoded, step_prompts.prompts, denoising)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
+            output = self.model(encoded, step_prompts.prompts, denoising)
+        if config.amp:  # the losses (focal, GIoU, matching costs) need float32's range and precision
+            output = output.float()
         terms = self.criterion(output, step_prompts.targets, step_prompts.column_concepts,
                                denoising_valid=denoising.valid if denoising is not None else None)
         terms["align"] = step_prompts.align
@@ -288,7 +392,8 @@ def train_trex2(config: TRex2TrainConfig, out_dir: str | Path, *, cache_dir: str
     model = build_model(config)
     spec = SceneCacheSpec("det-train", config.world_seed, config.num_scenes, config.image_size)
     cache = build_scene_cache(spec, Path(cache_dir or out / "scene_cache"), workers=workers)
-    batches = SceneBatches(cache, config.batch_size, config.seed)
+    batches = SceneBatches(cache, config.batch_size, config.seed, paired=config.paired_batches,
+                           augment=config.augment)
     ids = batches.concept_ids()
     table = text_table(model, ids, text_cache)
     step_losses = TRex2Step(model, config, table, ids)

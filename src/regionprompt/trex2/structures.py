@@ -89,6 +89,10 @@ class LayerPredictions:
     logits: torch.Tensor
     boxes: torch.Tensor
 
+    def float(self) -> LayerPredictions:
+        """The same predictions in float32 (after a bfloat16 autocast forward pass)."""
+        return LayerPredictions(self.logits.float(), self.boxes.float())
+
 
 @dataclass(frozen=True)
 class DenoisingLayout:
@@ -132,6 +136,11 @@ class TRex2Output:
     encoder: LayerPredictions
     denoising: tuple[LayerPredictions, ...] = ()
     layout: DenoisingLayout | None = None
+
+    def float(self) -> TRex2Output:
+        """Every prediction in float32 (after a bfloat16 autocast forward pass)."""
+        return TRex2Output(tuple(p.float() for p in self.layers), self.encoder.float(),
+                           tuple(p.float() for p in self.denoising), self.layout)
 
     @property
     def logits(self) -> torch.Tensor:
