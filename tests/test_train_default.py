@@ -254,10 +254,17 @@ def test_recipe_and_command_line_switches(capsys):
     assert train_default.config_from_args(args).trex2.steps == 9
     args = parser.parse_args(["default", "--out", "x", "--no-trex2"])
     assert train_default.config_from_args(args).trex2 is None
+    default = train_default.config_from_args(parser.parse_args(["default", "--out", "x"]))
+    assert default.teacher_weights == "weights/student8-minilm" and default.rpn_weights == "weights/rpn"
+    assert default.trex2.paired_batches and default.trex2.extra_negatives >= 847
+    args = parser.parse_args(["default", "--out", "x", "--teacher-weights", "none", "--rpn-weights", "my/rpn"])
+    assert train_default.config_from_args(args).teacher_weights is None
+    assert train_default.config_from_args(args).rpn_weights == "my/rpn"
     with pytest.raises(SystemExit):
         main(["train", "default", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--no-trex2" in text and "--trex2-steps" in text and "RPN -> T-Rex2 detector" in text
+    assert "--no-trex2" in text and "--trex2-steps" in text and "--teacher-weights" in text
+    assert "-> T-Rex2 detector (v2 recipe)" in text
 
 
 def test_choice_follows_ap50_then_the_candidate_order():
@@ -300,3 +307,29 @@ def test_a_better_trex2_is_kept_carded_and_installed(run, tmp_path):
     card = read_json(result.installed / "model_card.json")
     assert installed.kind == "trex2" and card["install"]["storage"] == "compact" and card["install"]["rejected"] == {}
     assert card["model_hash"] == installed.model_hash and card["evaluation"]["chosen"] == "trex2"
+
+
+def test_committed_stage_weights_replace_the_teacher_and_rpn_stages(run, tmp_path):
+    """``teacher_weights`` / ``rpn_weights``: folders like ``weights/student8-minilm`` are used as they are
+    (no teacher or RPN training, no pretrain cache); T-Rex2 trains on the committed backbone."""
+    weights = tmp_path / "weights"
+    shutil.copytree(run / "run" / "teacher" / "model", weights / "backbone")
+    shutil.copy(run / "run" / "teacher" / "recipe.json", weights / "backbone" / "recipe.json")
+    shutil.copytree(run / "run" / "rpn" / "model", weights / "rpn")
+    config = replace(fast_profile(), teacher_weights=str(weights / "backbone"), rpn_weights=str(weights / "rpn"))
+    assert set(scene_specs(config)) == {"trex2"}
+    out = tmp_path / "run"
+    result = run_default_pipeline(config, out, caches_dir=run / "run" / "caches")
+    status = {s.name: s for s in result.stages}
+    assert status["teacher"].status == status["rpn"].status == "committed"
+    assert status["teacher"].output == str(weights / "backbone") and status["trex2"].status == "ran"
+    assert not (out / "teacher").exists() and not (out / "rpn").exists()
+    backbone_hash = read_json(weights / "backbone" / "card.json")["weights_hash"]
+    trex2_card = read_json(out / "trex2" / "model" / "card.json")
+    assert trex2_card["clip"]["weights_hash"] == backbone_hash
+    stages = result.card["training"]["stages"]
+    assert stages["teacher"]["weights_hash"] == backbone_hash and stages["teacher"]["recipe"]
+    assert stages["rpn"]["folder"] == str(weights / "rpn")
+    assert "committed weights" in result.card["description"] or result.card["evaluation"]["chosen"] == "teacher"
+    with pytest.raises(RegionPromptError, match="weights .* are missing"):
+        run_default_pipeline(replace(config, rpn_weights=str(tmp_path / "nowhere")), tmp_path / "other")

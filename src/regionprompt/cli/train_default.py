@@ -9,14 +9,16 @@ from dataclasses import replace
 from pathlib import Path
 
 DESCRIPTION = (
-    "Reproduce the default detector end to end: scene caches -> CLIP teacher (iconic 64 px pretraining) -> "
-    "class-agnostic RPN -> T-Rex2 detector on the teacher's image tower and text side (--no-trex2: skip) -> "
-    "[--student: pseudo labels + region-text student] -> candidate detector folders (zero-shot RegionCLIP "
-    "teacher [+ student], T-Rex2) -> evaluation of each (eval-detector --mode text on a 100-image EmojiWorld "
-    "test build) -> the best by AP50 (ties: teacher, student, T-Rex2) as OUT/detector with model_card.json -> "
-    "[--install: a float16 copy into the package's models/default, what Detector.load('default') reads]. "
-    "Every stage resumes after an interruption and is skipped when its output is complete: rerun the same "
-    "command. --fast runs every stage at toy size (tests)."
+    "Reproduce the default detector end to end: scene caches -> CLIP teacher (default: the committed RegionCLIP "
+    "student weights/student8-minilm; --teacher-weights none trains one by iconic 64 px pretraining) -> "
+    "class-agnostic RPN (default: the committed weights/rpn; --rpn-weights none trains one) -> T-Rex2 detector "
+    "(v2 recipe) on the teacher's image tower and text side (--no-trex2: skip) -> [--student: pseudo labels + "
+    "region-text student] -> candidate detector folders (zero-shot RegionCLIP teacher [+ student], T-Rex2) -> "
+    "evaluation of each (eval-detector --mode text on a 100-image EmojiWorld test build) -> the best by AP50 "
+    "(ties: teacher, student, T-Rex2) as OUT/detector with model_card.json -> [--install: a float16 copy into "
+    "the package's models/default, what Detector.load('default') reads]. Every stage resumes after an "
+    "interruption and is skipped when its output is complete: rerun the same command. Run it from a clone of "
+    "the repository (committed weights are read from ./weights). --fast runs every stage at toy size (tests)."
 )
 
 
@@ -39,6 +41,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "match float32)")
     parser.add_argument("--caches", type=Path, default=None, metavar="DIR",
                         help="scene-cache folder, shareable between runs (default OUT/caches)")
+    parser.add_argument("--teacher-weights", default=None, metavar="DIR|none",
+                        help="committed CLIP model folder used as the teacher (default profile: "
+                        "weights/student8-minilm); 'none' trains the teacher")
+    parser.add_argument("--rpn-weights", default=None, metavar="DIR|none",
+                        help="committed proposal-network folder (default profile: weights/rpn); 'none' trains the RPN")
     parser.add_argument("--teacher-steps", type=int, default=None, help="override the teacher's steps")
     parser.add_argument("--rpn-steps", type=int, default=None, help="override the RPN's steps")
     parser.add_argument("--trex2-steps", type=int, default=None, help="override the T-Rex2 detector's steps")
@@ -60,6 +67,10 @@ def config_from_args(args: argparse.Namespace):
     changes = {}
     if args.student:
         changes["student"] = True
+    for name in ("teacher_weights", "rpn_weights"):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = None if value.lower() == "none" else value
     if args.teacher_steps is not None:
         changes["teacher"] = replace(config.teacher, steps=args.teacher_steps)
     if args.rpn_steps is not None:

@@ -1,17 +1,24 @@
 """The recipe of the shipped default detector (``regionprompt train default``), and a tiny profile for tests.
 
 Every stage's settings are the config dataclass of that stage's own trainer, so the recipe reads like
-the commands it replaces::
+the commands it replaces. The default profile starts from committed stage weights (``weights/``)::
 
-    regionprompt train clip --text clip --layout iconic --image-size 64 --steps 400 --batch-size 128 \\
-        --warmup-steps 30 --concept-negatives 256 --checkpoint-every 50  # teacher
-    regionprompt train rpn --steps 1000 --batch-size 8                # proposals
-    regionprompt train detector --arch trex2 --clip TEACHER/model \\
-        --steps 4000 --batch-size 4                                   # T-Rex2 (``trex2=None``: off)
+    (teacher: weights/student8-minilm -- RegionCLIP student of the GPU-trained teacher8, MiniLM text side)
+    (proposals: weights/rpn)
+    regionprompt train detector --arch trex2 --clip weights/student8-minilm --steps 4000 --batch-size 4 \
+        --cycle tbtp --extra-negatives 1000 --paired-batches true --cross-image-prob 0.5 \
+        --exemplar-mean-prob 0.2 --visual-text-negatives 128 --augment true --amp true   # T-Rex2 v2
     (zero-shot RegionCLIP detector: teacher + RPN; T-Rex2 detector: its own boxes)
-    regionprompt pseudo-label ... ; regionprompt train regions ...    # optional student (``student=True``)
     regionprompt eval-detector --mode text                            # on a 100-image test build
                                                                       # per candidate; the best AP50 is kept
+
+Without committed weights (``teacher_weights=None``, ``rpn_weights=None``; the fast test profile) the
+teacher and the RPN are trained first::
+
+    regionprompt train clip --text clip --layout iconic --image-size 64 --steps 400 --batch-size 128 \
+        --warmup-steps 30 --concept-negatives 256 --checkpoint-every 50  # teacher
+    regionprompt train rpn --steps 1000 --batch-size 8                # proposals
+    regionprompt pseudo-label ... ; regionprompt train regions ...    # optional student (``student=True``)
 """
 
 from __future__ import annotations
@@ -40,10 +47,18 @@ RPN = RpnTrainConfig(steps=1000, batch_size=8)
 # test images the iconic-64 teacher's AP50 over 1,177 names was 0.9 / 0.9 / 1.6 / 1.9 / 1.5 / 1.6 % at
 # 64 / 128 / 160 / 224 / 320 / 448 px (all near the floor; 224 the best of them).
 DETECTOR = ZeroShotConfig(max_proposals=100, input_size=224)
-#: The T-Rex2 candidate: 320 px det-train scenes (the RPN's cache), backbone and frozen text side from the
-#: teacher (``clip`` is replaced by the teacher's model folder when the pipeline runs). 4000 steps:
-#: ~75-115 min with one thread on the shared 2-core machine.
-TREX2 = TRex2TrainConfig(steps=4000, batch_size=4)
+#: The T-Rex2 candidate (v2 recipe): 320 px det-train scenes (the RPN's cache), backbone and frozen text side
+#: from the teacher (``clip`` is replaced by the teacher's model folder when the pipeline runs): half the
+#: iterations text prompts scored against every base name, paired scenes so that exemplars are drawn on
+#: other images (one source image or the mean of several), absent names as negatives of visual prompts,
+#: appearance augmentation, bfloat16 autocast. 4000 steps: ~100-140 min with one thread (docs/results.md).
+TREX2 = TRex2TrainConfig(steps=4000, batch_size=4, cycle="tbtp", extra_negatives=1000, paired_batches=True,
+                         cross_image_prob=0.5, exemplar_mean_prob=0.2, visual_text_negatives=128, augment=True,
+                         amp=True, checkpoint_every=500)
+#: Committed stage weights (``weights/``, see its README) the default recipe starts from: the GPU-trained
+#: RegionCLIP student of teacher8 (RN-tiny image tower, frozen MiniLM text side) and the RPN.
+STUDENT8 = "weights/student8-minilm"
+COMMITTED_RPN = "weights/rpn"
 TREX2_DETECT = TRex2DetectConfig()
 
 
@@ -117,8 +132,8 @@ def _vision_kind(card: str) -> str | None:
 
 
 def default_profile() -> DefaultPipelineConfig:
-    """The recipe of the shipped model."""
-    return DefaultPipelineConfig()
+    """The recipe of the shipped model: committed teacher (student8) and RPN weights, then T-Rex2 v2."""
+    return DefaultPipelineConfig(teacher_weights=STUDENT8, rpn_weights=COMMITTED_RPN)
 
 
 def fast_profile() -> DefaultPipelineConfig:
@@ -135,7 +150,8 @@ def fast_profile() -> DefaultPipelineConfig:
         pseudo_labels=PseudoLabelConfig(max_proposals=10, top_k=3, templates="single", shard_images=4),
         regions=RegionPretrainConfig(steps=4, batch_size=4, regions_per_image=3, warmup_steps=2, checkpoint_every=4),
         # 8 scenes at 64 px, batch 2: 4 batches per epoch; one template keeps the 1,177-name evaluation short.
-        trex2=replace(TREX2, image_size=64, dim=32, heads=2, points=2, encoder_layers=1, decoder_layers=2,
+        trex2=replace(TREX2, amp=False, paired_batches=False, extra_negatives=8, visual_text_negatives=0,
+                      augment=False, cross_image_prob=0.0, exemplar_mean_prob=0.0, cycle="tbbpp", image_size=64, dim=32, heads=2, points=2, encoder_layers=1, decoder_layers=2,
                       prompt_layers=2, ffn_dim=64, num_queries=12, templates="single", num_scenes=8, batch_size=2,
                       steps=6, warmup_steps=2, text_warmup_steps=2, dn_queries=12, checkpoint_every=5),
         trex2_detect=TRex2DetectConfig(batch_size=2),
@@ -151,4 +167,4 @@ def profile(name: str) -> DefaultPipelineConfig:
     return fast_profile() if name == "fast" else default_profile()
 
 
-__all__ = ["DETECTOR", "PROFILES", "RPN", "TEACHER", "TREX2", "TREX2_DETECT", "DefaultPipelineConfig", "default_profile", "fast_profile", "profile"]
+__all__ = ["COMMITTED_RPN", "DETECTOR", "STUDENT8", "PROFILES", "RPN", "TEACHER", "TREX2", "TREX2_DETECT", "DefaultPipelineConfig", "default_profile", "fast_profile", "profile"]
