@@ -29,3 +29,27 @@ def test_every_subcommand_has_help(capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 1
     assert "usage: regionprompt" in capsys.readouterr().out
+
+
+def test_command_table_matches_what_the_modules_register():
+    from regionprompt.cli import COMMANDS
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(action.choices) == list(COMMANDS)
+    helps = {a.dest: a.help for a in action._choices_actions}
+    assert helps == {name: help_text for name, (_, help_text) in COMMANDS.items()}
+
+
+def test_help_and_version_import_no_model_code():
+    """`regionprompt --help` / `--version` / `world --help` start without torch (seconds of import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom regionprompt.cli import main\n"
+            "for argv in (['--help'], ['--version'], ['world', '--help'], ['nonsense']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("NO-TORCH"), out.stdout[-500:]
+    assert "invalid choice: 'nonsense'" in out.stderr
