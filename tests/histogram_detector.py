@@ -148,7 +148,8 @@ class HistogramDetector:
 
     def predict(self, images: Any, text: Any = None, *, boxes: Any = None, points: Any = None,
                 prompt_images: Any = None, negatives: Any = None, concepts: Sequence[PromptConcept] | None = None,
-                threshold: float = 0.5, visual_label: str = "object") -> list[Detections]:
+                threshold: float = 0.5, visual_label: str = "object",
+                one_label_per_box: bool = False) -> list[Detections]:
         self.calls += 1
         if not 0 <= threshold <= 1:
             raise PromptError(f"threshold must be in [0, 1], got {threshold}")
@@ -163,7 +164,8 @@ class HistogramDetector:
             raise PromptError("the prompt list is empty: pass at least one text phrase, box, point or concept")
         categories = group_prompts(prompts) if any(not p.negative for p in prompts) else []
         sources = images if isinstance(images, (list, tuple)) else [images]
-        return [self._detect_one(load_image(src), prompts, categories, concepts, threshold) for src in sources]
+        found = [self._detect_one(load_image(src), prompts, categories, concepts, threshold) for src in sources]
+        return [d.nms(0.5, per_class=False) for d in found] if one_label_per_box else found
 
     def _detect_one(self, loaded: Any, prompts: list[Prompt], categories: list[PromptCategory],
                     concepts: list[PromptConcept], threshold: float) -> Detections:

@@ -196,3 +196,33 @@ def test_to_supervision(detector, scenes):
     assert np.allclose(converted.xyxy, dets.boxes.numpy()) and np.allclose(converted.confidence, dets.scores.numpy())
     assert converted.class_id.tolist() == dets.labels.tolist()
     assert converted.data["class_name"].tolist() == dets.label_names
+
+
+def test_boxes_stay_inside_the_image_and_one_label_per_box(scenes):
+    """The shipped model on EmojiWorld scenes with many look-alike names: every box lies inside its image,
+    and ``one_label_per_box`` leaves no two boxes overlapping above the NMS IoU (one label per object)."""
+    from torchvision.ops import box_iou
+
+    from regionprompt.world.concepts import load_concepts
+
+    detector = Detector.load("default", cache=None)
+    concepts = load_concepts()
+    names = sorted({concepts.by_id(int(c)).name for s in scenes for c in s.labels()})
+    many = detector.predict([s.image for s in scenes], text=names, threshold=0.05)
+    one = detector.predict([s.image for s in scenes], text=names, threshold=0.05, one_label_per_box=True)
+    assert sum(len(d) for d in many) > sum(len(d) for d in one) > 0
+    for dets, scene in zip(many + one, list(scenes) * 2):
+        width, height = scene.image.size
+        assert float(dets.boxes[:, 0::2].min()) >= 0 and float(dets.boxes[:, 0::2].max()) <= width
+        assert float(dets.boxes[:, 1::2].min()) >= 0 and float(dets.boxes[:, 1::2].max()) <= height
+    for dets in one:
+        iou = box_iou(dets.boxes, dets.boxes).fill_diagonal_(0)
+        assert float(iou.max()) <= detector.config.nms_iou
+    with pytest.raises(PromptError, match="one_label_per_box"):
+        detector.predict(scenes[0].image, text="dog", one_label_per_box="yes")
+
+
+def test_detections_clip_boxes_to_the_image():
+    dets = Detections(torch.tensor([[-19.7, 92.8, 231.7, 264.8]]), torch.tensor([0.9]), torch.tensor([0]), ("cat",),
+                      (200, 250))
+    assert dets.boxes.tolist() == [[0.0, pytest.approx(92.8), 200.0, 250.0]]

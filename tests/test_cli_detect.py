@@ -157,3 +157,24 @@ def test_label_with_exemplar_from_another_image(folder, images, tmp_path):
     assert rc == 0
     dataset = read_coco(out / "annotations.json").data
     assert [c.name for c in dataset.categories] == ["thing"] and len(dataset.images) == 4
+
+
+def test_label_gives_each_box_one_label_unless_all_labels(images, tmp_path):
+    """With the shipped model and many names, `label` writes each object once (class-agnostic NMS); with
+    --all-labels one box may carry several categories."""
+    from torchvision.ops import box_iou
+
+    names = "dog, red apple, cat, potato, umbrella, hippopotamus, banana, rocket"
+    argv = ["label", str(images), "--text", names, "--model", "default", "--cache", "none", "--threshold", "0.02"]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    assert main([*argv, "--all-labels", "--out", str(tmp_path / "all")]) == 0
+    one = read_coco(tmp_path / "one" / "annotations.json").data
+    every = read_coco(tmp_path / "all" / "annotations.json").data
+    assert len(every.annotations) > len(one.annotations) > 0
+    for image in one.images:
+        xywh = torch.tensor([a.bbox for a in one.annotations if a.image_id == image.id]).reshape(-1, 4)
+        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        if len(boxes) > 1:
+            assert float(box_iou(boxes, boxes).fill_diagonal_(0).max()) <= 0.7 + 1e-3
+        assert all(0 <= a.bbox[0] and 0 <= a.bbox[1] and a.bbox[0] + a.bbox[2] <= image.width + 0.01
+                   and a.bbox[1] + a.bbox[3] <= image.height + 0.01 for a in one.annotations if a.image_id == image.id)

@@ -391,7 +391,7 @@ class Detector:
                 points: Any = None, prompt_images: Any = None, negatives: Any = None,
                 concepts: Sequence[PromptConcept | str] | PromptConcept | str | None = None,
                 proposals: Sequence[Any] | None = None, threshold: float | None = None,
-                visual_label: str = DEFAULT_VISUAL_LABEL) -> list[Detections]:
+                visual_label: str = DEFAULT_VISUAL_LABEL, one_label_per_box: bool = False) -> list[Detections]:
         """Detect what the prompts describe.
 
         Args:
@@ -411,6 +411,8 @@ class Detector:
             proposals: boxes to classify instead of the proposal network's, one ``(K, 4)`` per image.
             threshold: minimum score in [0, 1]; ``None``: :attr:`default_threshold` (the model's own).
             visual_label: the category name of unlabelled boxes and points.
+            one_label_per_box: class-agnostic NMS (IoU above the detector's ``nms_iou``): an object found
+                under several prompts keeps only its best label (what auto-labelling wants).
         Returns:
             One :class:`Detections` per image, in order.
         Raises:
@@ -430,9 +432,14 @@ class Detector:
         if not positives and len(prompts):
             raise PromptError("negative prompts need a text, box or point category to apply to "
                               "(a concept carries its own negatives)")
+        if not isinstance(one_label_per_box, bool):
+            raise PromptError(f"one_label_per_box must be True or False, got {one_label_per_box!r}")
         categories = group_prompts(prompts) if positives else []
-        return self.engine.detect(_as_image_list(images), categories, resolved, proposals=proposals,
-                                  threshold=threshold)
+        found = self.engine.detect(_as_image_list(images), categories, resolved, proposals=proposals,
+                                   threshold=threshold)
+        if one_label_per_box:
+            found = [d.nms(self.config.nms_iou, per_class=False) for d in found]
+        return found
 
     __call__ = predict
 

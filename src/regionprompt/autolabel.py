@@ -97,12 +97,14 @@ def _digest(tensor: Any) -> str:
     return hashlib.sha256(tensor.detach().float().contiguous().numpy().tobytes()).hexdigest()
 
 
-def run_settings(detector: Any, folder: Path, concepts: Sequence[PromptConcept], threshold: float) -> dict[str, Any]:
+def run_settings(detector: Any, folder: Path, concepts: Sequence[PromptConcept], threshold: float, *,
+                 one_label_per_box: bool = True) -> dict[str, Any]:
     """What must not change between an interrupted run and its resumption."""
     return {
         "folder": str(folder.resolve()),
         "model_hash": detector.model_hash,
         "threshold": threshold,
+        "one_label_per_box": one_label_per_box,
         "concepts": [{"name": c.name, "embedding_sha256": _digest(c.embedding),
                       "negatives_sha256": _digest(c.negatives)} for c in concepts],
     }
@@ -124,12 +126,14 @@ class LabelReport:
                 "detections": self.detections, "per_category": self.per_category, "unreadable": self.unreadable}
 
 
-def _record(detector: Any, folder: Path, name: str, concepts: Sequence[PromptConcept], threshold: float) -> dict[str, Any]:
+def _record(detector: Any, folder: Path, name: str, concepts: Sequence[PromptConcept], threshold: float,
+            one_label_per_box: bool) -> dict[str, Any]:
     try:
         image = load_image(folder / name, name=name)
     except ImageLoadError as exc:
         return {"file": name, "status": "unreadable", "error": str(exc)}
-    [dets] = detector.predict([image], concepts=list(concepts), threshold=threshold)
+    [dets] = detector.predict([image], concepts=list(concepts), threshold=threshold,
+                              one_label_per_box=one_label_per_box)
     return {
         "file": name, "status": "ok", "width": image.wh[0], "height": image.wh[1],
         "detections": [{"box": box, "label": label, "score": score}
@@ -156,7 +160,8 @@ def journal_dataset(records: dict[str, dict[str, Any]], names: Sequence[str], se
 
 
 def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLike, concepts: Sequence[PromptConcept], *,
-                 threshold: float | None = None, fmt: str = "coco", split: str = "train", images: str = "link") -> LabelReport:
+                 threshold: float | None = None, fmt: str = "coco", split: str = "train", images: str = "link",
+                 one_label_per_box: bool = True) -> LabelReport:
     """Label every image under ``folder`` with ``concepts`` and write a dataset to ``out``.
 
     Args:
@@ -165,6 +170,8 @@ def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLik
         fmt: ``"coco"`` (``OUT/annotations.json``, file names relative to ``folder``) or ``"yolo"``
             (``OUT/data.yaml``, ``OUT/labels/<split>``, images linked or copied into ``OUT/images/<split>``).
         images: YOLO only: ``link`` (hardlink, else copy), ``copy`` or ``none``.
+        one_label_per_box: class-agnostic NMS, so each object is labelled once, with its best category
+            (``False``: one annotation per category that finds it).
     Raises:
         RegionPromptError: ``out`` holds a run with other settings, no images, no concepts.
     """
@@ -179,7 +186,7 @@ def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLik
     state = out / STATE_DIR
     if threshold is None:
         threshold = detector.default_threshold
-    settings = run_settings(detector, folder, concepts, threshold)
+    settings = run_settings(detector, folder, concepts, threshold, one_label_per_box=one_label_per_box)
     run_path = state / RUN_FILE
     if run_path.is_file():
         previous = json.loads(run_path.read_text(encoding="utf-8"))
@@ -197,7 +204,7 @@ def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLik
         for name in files:
             if name in records:
                 continue
-            record = _record(detector, folder, name, concepts, threshold)
+            record = _record(detector, folder, name, concepts, threshold, one_label_per_box)
             journal.append(record)
             records[name] = record
             bar.update(1)

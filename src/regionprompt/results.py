@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.ops import batched_nms, nms
+from torchvision.ops import batched_nms, clip_boxes_to_image, nms
 
 from regionprompt.boxes import BoxFormat, as_box_tensor, convert_boxes
 from regionprompt.errors import RegionPromptError
@@ -57,6 +57,11 @@ class Detections:
             raise RegionPromptError(f"detection labels must index the {len(names)} names")
         if self.prompts is not None and len(self.prompts) != len(names):
             raise RegionPromptError("prompts must be parallel to names")
+        width, height = int(self.image_wh[0]), int(self.image_wh[1])
+        if len(boxes) and width > 0 and height > 0:
+            # A box regressed past the border is still the object inside the image; every output format
+            # (COCO, YOLO, JSON, drawings) needs it within the image.
+            boxes = clip_boxes_to_image(boxes, (height, width))
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "labels", labels)

@@ -108,6 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     add_prompt_options(parser)
+    parser.add_argument("--one-label-per-box", action="store_true",
+                        help="class-agnostic NMS: an object found by several prompts keeps only its best label")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.set_defaults(func=run)
 
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         if not loaded:
             continue
         results = detector.predict([image for _, image in loaded], concepts=args.concept or None,
-                                   threshold=args.threshold, **kwargs)
+                                   threshold=args.threshold, one_label_per_box=args.one_label_per_box, **kwargs)
         for (i, image), dets in zip(loaded, results):
             stem = stems[i]
             atomic_write(args.out / f"{stem}.png", lambda tmp, d=dets, im=image: d.plot(im.image).save(tmp, format="PNG"))

@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="train", help="YOLO split folder name (default train)")
     parser.add_argument("--images", choices=("link", "copy", "none"), default="link",
                         help="YOLO: put images into OUT by hardlink (else copy), copy, or not at all (default link)")
+    parser.add_argument("--all-labels", action="store_true",
+                        help="keep one annotation per category that finds an object (default: class-agnostic NMS, "
+                        "each object labelled once with its best category)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.set_defaults(func=run)
 
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     concepts += detector.resolve_concepts(args.concept)
     try:
         report = label_folder(detector, args.folder, args.out, concepts, threshold=args.threshold, fmt=args.format,
-                              split=args.split, images=args.images)
+                              split=args.split, images=args.images, one_label_per_box=not args.all_labels)
     except KeyboardInterrupt:
         print(f"interrupted: progress is saved in {args.out}; rerun the same command to continue", file=sys.stderr)
         raise
