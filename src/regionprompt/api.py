@@ -20,6 +20,9 @@ or, for a T-Rex2 detector (``regionprompt train detector --arch trex2``)::
 
     detector.json   {"kind": "trex2", "format_version": 1, "model": "trex2", "config": {...TRex2DetectConfig...}}
     trex2/          the TRex2 model (model.safetensors + card.json): backbone, prompt encoders, decoder
+    namer/          optional: a CLIP model (RegionCLIP student) naming T-Rex2's boxes for text-only
+                    categories; detector.json then holds "namer": "namer" and "namer_config": {...ZeroShotConfig...}
+                    (see :mod:`regionprompt.detect.region_namer`)
 
 A bare T-Rex2 model folder (``OUT/model`` of ``regionprompt train detector --arch trex2``) loads too, with
 the default :class:`TRex2DetectConfig`. ``Detector.load("default")`` reads the folder shipped inside the
@@ -59,6 +62,7 @@ from regionprompt.detect.regionclip.zeroshot import (
     ZeroShotConfig,
     ZeroShotDetector,
 )
+from regionprompt.detect.region_namer import RegionNamer
 from regionprompt.detect.trex2_engine import TRex2DetectConfig, TRex2Engine
 from regionprompt.errors import CheckpointError, PromptError, RegionPromptError
 from regionprompt.model_dir import read_weights
@@ -77,6 +81,9 @@ from regionprompt.vl.embeddings import EmbeddingCache
 DETECTOR_FILE = "detector.json"
 DETECTOR_KIND = "regionclip-zeroshot"
 TREX2_KIND = "trex2"
+#: How a namer scores T-Rex2's boxes unless told otherwise: the settings of the RegionCLIP tables
+#: (224 px input, the paper's temperature and "auto" background).
+NAMER_CONFIG = ZeroShotConfig(input_size=224, max_proposals=100)
 FORMAT_VERSION = 1
 BACKGROUND_FILE = "background.safetensors"  # learned background embedding of a RegionCLIP detector folder
 BACKGROUND_KEY = "background"  # its tensor's name in that file
@@ -218,9 +225,17 @@ class Detector:
 
     @classmethod
     def from_trex2(cls, model: Any, config: TRex2DetectConfig | None = None, *, cache: EmbeddingCache | None = None,
-                   concept_library: Any = None) -> Detector:
-        """A detector from a :class:`~regionprompt.trex2.model.TRex2` in memory."""
-        return cls(TRex2Engine(model, config, cache=cache), concept_library=concept_library)
+                   concept_library: Any = None, namer: RegionPromptCLIP | None = None,
+                   namer_config: ZeroShotConfig | None = None) -> Detector:
+        """A detector from a :class:`~regionprompt.trex2.model.TRex2` in memory.
+
+        ``namer``: a RegionCLIP CLIP model (e.g. the region-text pretrained student) that names T-Rex2's
+        boxes for text-only categories (:mod:`~regionprompt.detect.region_namer`), scored as by a zero-shot
+        detector with ``namer_config``."""
+        region_namer = None
+        if namer is not None:
+            region_namer = RegionNamer(ZeroShotDetector(namer, None, namer_config or NAMER_CONFIG, cache=cache))
+        return cls(TRex2Engine(model, config, cache=cache, namer=region_namer), concept_library=concept_library)
 
     @property
     def kind(self) -> str:
@@ -277,7 +292,8 @@ class Detector:
             engine = TRex2Engine(TRex2.load(folder).to(device), cache=cache)
         elif (header := read_detector_header(folder))["kind"] == TREX2_KIND:
             model, trex2_config = read_trex2_folder(folder, header)
-            engine = TRex2Engine(model.to(device), trex2_config, cache=cache)
+            namer = read_namer(folder, header, device=device, cache=cache)
+            engine = TRex2Engine(model.to(device), trex2_config, cache=cache, namer=namer)
         else:
             clip, rpn, config, background = _read_regionclip_folder(folder)
             clip = clip.to(device)
@@ -498,6 +514,19 @@ def read_trex2_folder(folder: Path, header: Mapping[str, Any]) -> tuple[Any, TRe
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{folder / DETECTOR_FILE}: {exc}") from None
     return TRex2.load(_sub_folder(folder, header, "model")), config
+
+
+def read_namer(folder: Path, header: Mapping[str, Any], *, device: str | torch.device = "cpu",
+               cache: EmbeddingCache | None = None) -> RegionNamer | None:
+    """The region namer of a ``"trex2"`` detector folder (``"namer"`` + ``"namer_config"``), or ``None``."""
+    if header.get("namer") is None:
+        return None
+    try:
+        config = ZeroShotConfig.from_dict(dict(header.get("namer_config") or {}))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{folder / DETECTOR_FILE}: namer_config: {exc}") from None
+    clip = RegionPromptCLIP.load(_sub_folder(folder, header, "namer")).to(device)
+    return RegionNamer(ZeroShotDetector(clip, None, config, cache=cache))
 
 
 def read_detector_folder(folder: Path) -> tuple[RegionPromptCLIP, ProposalSource | None, ZeroShotConfig]:

@@ -42,6 +42,7 @@ from regionprompt.detect.regionclip.prompting import (
     mean_embedding,
     source_record,
 )
+from regionprompt.detect.region_namer import RegionNamer, named_categories
 from regionprompt.detect.regionclip.zeroshot import top_k_nms
 from regionprompt.errors import PromptError
 from regionprompt.images import LoadedImage, load_image, to_tensor
@@ -91,6 +92,9 @@ class TRex2DetectConfig:
         return cls(**data)
 
 
+NAMER_DIR = "namer"  # sub-folder of a T-Rex2 detector folder holding the namer's CLIP model
+
+
 def _one_image(encoded: EncodedImages, index: int) -> EncodedImages:
     return EncodedImages(encoded.memory[index : index + 1], encoded.spatial_shapes)
 
@@ -108,10 +112,11 @@ class TRex2Engine:
     proposal_source = None  # T-Rex2 finds its own boxes
 
     def __init__(self, model: TRex2, config: TRex2DetectConfig | None = None, *,
-                 cache: EmbeddingCache | None = None) -> None:
+                 cache: EmbeddingCache | None = None, namer: RegionNamer | None = None) -> None:
         self.model = model.eval()
         self.config = config or TRex2DetectConfig()
         self.cache = cache
+        self.namer = namer  # RegionCLIP region encoder naming the text-only categories (region_namer)
         self.model_hash = model.card.weights_hash or model.weights_hash()
 
     @property
@@ -123,7 +128,7 @@ class TRex2Engine:
         other detector kinds)."""
         known = {f.name for f in fields(TRex2DetectConfig)}
         updated = {**self.config.to_dict(), **{k: v for k, v in changes.items() if k in known}}
-        return TRex2Engine(self.model, TRex2DetectConfig(**updated), cache=self.cache)
+        return TRex2Engine(self.model, TRex2DetectConfig(**updated), cache=self.cache, namer=self.namer)
 
     # ---- embeddings ------------------------------------------------------------------------------
 
@@ -257,17 +262,19 @@ class TRex2Engine:
         for image in loaded:
             validate_visual_prompts(prompts, image.wh)
         recipes, _ = self.compile(categories, concepts)
+        named = named_categories(categories, concepts) if self.namer is not None else ([], [])
         out: list[Detections] = []
         step = self.config.batch_size
         for start in range(0, len(loaded), step):
             chunk = loaded[start : start + step]
             encoded = self.model.encode_images(self._pixels(chunk))
             for i, image in enumerate(chunk):
-                out.append(self._detect_one(image, encoded, i, [im.wh for im in chunk], recipes, threshold))
+                out.append(self._detect_one(image, encoded, i, [im.wh for im in chunk], recipes, threshold, named))
         return out
 
     def _detect_one(self, image: LoadedImage, encoded: EncodedImages, index: int, chunk_wh: list[tuple[int, int]],
-                    recipes: Sequence[CategoryRecipe], threshold: float) -> Detections:
+                    recipes: Sequence[CategoryRecipe], threshold: float,
+                    named: tuple[list[int], list[PromptCategory]] = ([], [])) -> Detections:
         names = [r.name for r in recipes]
         groups: list[tuple[int, Sequence[VisualPrompt]]] = []
         for recipe in recipes:
@@ -290,7 +297,12 @@ class TRex2Engine:
         width, height = image.wh
         boxes = box_convert(output.boxes[0], "cxcywh", "xyxy") * torch.tensor([width, height, width, height])
         positive = scores[:, : len(recipes)]
-        rows, cols = (positive >= threshold).nonzero(as_tuple=True)
+        named_index, named_categories_ = named
+        own_scores = positive
+        if named_index:  # those columns are scored by the namer below, not by T-Rex2
+            own_scores = positive.clone()
+            own_scores[:, named_index] = -1.0
+        rows, cols = (own_scores >= threshold).nonzero(as_tuple=True)
         keep = torch.ones(len(rows), dtype=torch.bool)
         for c, negative in enumerate(negative_columns):
             if negative:
@@ -298,8 +310,17 @@ class TRex2Engine:
                 keep[mine] = scores[rows[mine]][:, negative].max(dim=1).values <= positive[rows[mine], c]
         rows, cols = rows[keep], cols[keep]
         top = top_k_nms(boxes[rows], positive[rows, cols], cols, self.config.nms_iou, self.config.max_detections)
-        return Detections(boxes[rows[top]], positive[rows[top], cols[top]], cols[top], names, image.wh,
-                          prompts=tuple(r.prompt for r in recipes), image_name=image.name)
+        found = Detections(boxes[rows[top]], positive[rows[top], cols[top]], cols[top], names, image.wh,
+                           prompts=tuple(r.prompt for r in recipes), image_name=image.name)
+        if not named_index or self.namer is None:
+            return found
+        objectness = positive[:, named_index].max(dim=1).values
+        by_name = self.namer.name(image, boxes, objectness, named_categories_, threshold)
+        labels = torch.tensor(named_index, dtype=torch.long)[by_name.labels]
+        merged = Detections(torch.cat([found.boxes, by_name.boxes]), torch.cat([found.scores, by_name.scores]),
+                            torch.cat([found.labels, labels]), names, image.wh, prompts=found.prompts,
+                            image_name=image.name)
+        return merged.topk(self.config.max_detections)
 
     # ---- persistence -----------------------------------------------------------------------------
 
@@ -318,7 +339,15 @@ class TRex2Engine:
             self.model_hash = self.model.card.weights_hash or self.model_hash
         else:
             self.model.save(directory / "trex2")
-        return {"kind": self.kind, "model": "trex2", "config": self.config.to_dict()}
+        header = {"kind": self.kind, "model": "trex2", "config": self.config.to_dict()}
+        if self.namer is not None:
+            namer = self.namer.model
+            if compact and namer.card.text.kind == "minilm":  # the language model itself is not stored
+                namer.card = save_model_dir(directory / NAMER_DIR, namer.state_dict(), namer.card, dtype=torch.float16)
+            else:
+                namer.save(directory / NAMER_DIR)
+            header.update({"namer": NAMER_DIR, "namer_config": self.namer.config.to_dict()})
+        return header
 
 
-__all__ = ["TRex2DetectConfig", "TRex2Engine"]
+__all__ = ["NAMER_DIR", "TRex2DetectConfig", "TRex2Engine"]

@@ -440,7 +440,9 @@ class PromptEmbedder:
         pending: dict[str, np.ndarray] = {}
         calls = 0
         chunks = [phrases[i : i + per_chunk] for i in range(0, len(phrases), per_chunk)]
-        for chunk in progress(chunks, desc=f"embedding prompts x{n_templates} templates", unit="chunk"):
+        # One chunk (a few phrases, e.g. one detect call's prompts) is too quick to deserve a bar.
+        steps = progress(chunks, desc=f"embedding prompts x{n_templates} templates", unit="chunk") if len(chunks) > 1 else chunks
+        for chunk in steps:
             texts = [text for phrase in chunk for text in self.templates.fill(phrase)]
             parts = []
             for start in range(0, len(texts), self.batch_size):

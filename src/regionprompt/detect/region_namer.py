@@ -1,0 +1,90 @@
+"""Text categories named by a RegionCLIP region encoder on T-Rex2's boxes (RegionCLIP's handoff at inference).
+
+T-Rex2 localises well -- given a box on an object it finds its other instances at ~80 % AP50 -- but,
+trained on base-concept boxes only, it names poorly from text across a 1,177-name vocabulary. The
+RegionCLIP student learned region-text alignment from captions (novel concepts included) and names
+ground-truth boxes several times better than T-Rex2 names its own. The namer joins the two:
+
+1. T-Rex2 runs as usual, its queries selected by every prompt;
+2. for the categories given by text alone (no exemplar, no negative), the final query boxes become the
+   proposals of a RegionCLIP zero-shot detector, each with T-Rex2's best score over those categories as
+   its objectness;
+3. RegionCLIP scores each proposal against the category phrases (softmax with a background, over the
+   categories of the call) and keeps ``sqrt(p * objectness)``, per-category NMS, as its zero-shot
+   detector does with RPN proposals.
+
+Categories with exemplars (interactive, generic, mixed) or negatives keep T-Rex2's own scores: there its
+prompt encoder is the better tool. Saved concepts are routed by their recorded sources: a concept made
+from phrases only is named by its phrases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from regionprompt.concept import PromptConcept
+from regionprompt.detect.proposals import Proposals
+from regionprompt.detect.regionclip.prompting import TEXT_KIND
+from regionprompt.detect.regionclip.zeroshot import ZeroShotDetector
+from regionprompt.images import LoadedImage
+from regionprompt.prompts import PromptCategory, TextPrompt
+from regionprompt.results import Detections
+
+
+def text_only(category: PromptCategory) -> bool:
+    """A category given by phrases alone: the namer's to score."""
+    return bool(category.texts) and not category.visuals and not category.negatives
+
+
+def concept_phrases(concept: PromptConcept) -> tuple[str, ...]:
+    """The phrases of a concept made from text alone (its recorded sources); ``()`` otherwise."""
+    sources = concept.sources
+    if not sources or any(s.get("kind") != TEXT_KIND or s.get("negative") for s in sources):
+        return ()
+    return tuple(str(s["text"]) for s in sources)
+
+
+def named_categories(categories: Sequence[PromptCategory], concepts: Sequence[PromptConcept]
+                     ) -> tuple[list[int], list[PromptCategory]]:
+    """Which of the recipes (categories, then concepts) the namer scores, and their text categories."""
+    index, named = [], []
+    for i, category in enumerate(categories):
+        if text_only(category):
+            index.append(i)
+            named.append(PromptCategory(category.name, texts=category.texts))
+    for j, concept in enumerate(concepts):
+        phrases = concept_phrases(concept)
+        if phrases:
+            index.append(len(categories) + j)
+            named.append(PromptCategory(concept.name, texts=tuple(TextPrompt(p) for p in phrases)))
+    return index, named
+
+
+class RegionNamer:
+    """Scores T-Rex2's query boxes for text categories with a RegionCLIP zero-shot detector (module docstring)."""
+
+    def __init__(self, detector: ZeroShotDetector) -> None:
+        self.detector = detector
+
+    @property
+    def config(self):
+        return self.detector.config
+
+    @property
+    def model(self):
+        return self.detector.model
+
+    @torch.no_grad()
+    def name(self, image: LoadedImage, boxes: torch.Tensor, objectness: torch.Tensor,
+             categories: Sequence[PromptCategory], threshold: float) -> Detections:
+        """``boxes`` ``(Q, 4)`` xyxy pixels of ``image`` with ``objectness`` ``(Q,)`` in [0, 1] -> detections of
+        ``categories`` (labels index ``categories``)."""
+        order = objectness.argsort(descending=True)
+        proposals = Proposals(boxes[order].float(), objectness[order].float().clamp(0, 1))
+        [found] = self.detector.detect([image], categories, proposals=[proposals], threshold=threshold)
+        return found
+
+
+__all__ = ["RegionNamer", "concept_phrases", "named_categories", "text_only"]

@@ -1,0 +1,110 @@
+"""The region namer: T-Rex2's boxes named by the committed RegionCLIP student (weights/student8-minilm)
+for text-only categories; exemplar categories keep T-Rex2's own scores; the folder round-trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from regionprompt.api import Detector
+from regionprompt.concept import PromptConcept
+from regionprompt.detect.region_namer import concept_phrases, named_categories, text_only
+from regionprompt.prompts import BoxPrompt, PromptCategory, TextPrompt
+from regionprompt.vl.clip_model import RegionPromptCLIP
+from regionprompt.world.concepts import load_concepts
+from regionprompt.world.render import SceneRenderer
+from regionprompt.world.scene import SceneConfig
+
+STUDENT = Path(__file__).resolve().parents[1] / "weights" / "student8-minilm"
+
+
+@pytest.fixture(scope="module")
+def plain():
+    torch.set_num_threads(1)
+    return Detector.load("default", cache=None)
+
+
+@pytest.fixture(scope="module")
+def named(plain):
+    if plain.engine.namer is not None:  # the shipped model already has one: use its T-Rex2 alone as `plain`
+        return plain
+    return Detector.from_trex2(plain.engine.model, plain.config, namer=RegionPromptCLIP.load(STUDENT))
+
+
+@pytest.fixture(scope="module")
+def trex2_only(plain):
+    return Detector.from_trex2(plain.engine.model, plain.config)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    renderer = SceneRenderer.default(SceneConfig())
+    return [renderer.render("test", index, 11) for index in range(6)]
+
+
+def _hits(dets, scene, names) -> int:
+    """Ground-truth objects found with their own name (IoU >= 0.5)."""
+    concepts = load_concepts()
+    truth = [concepts.by_id(int(c)).name for c in scene.labels()]
+    gt = torch.from_numpy(scene.boxes_xyxy())
+    found = 0
+    for i, name in enumerate(truth):
+        mine = [j for j, label in enumerate(dets.label_names) if label == name]
+        if mine and float(box_iou(gt[i : i + 1], dets.boxes[mine]).max()) >= 0.5:
+            found += 1
+    return found
+
+
+def test_text_prompts_find_more_objects_by_name_with_the_namer(named, trex2_only, scenes):
+    concepts = load_concepts()
+    base_names = [c.name for c in concepts.subset("base")][:40]
+    with_namer = without = total = 0
+    for scene in scenes:
+        names = sorted({concepts.by_id(int(c)).name for c in scene.labels()} | set(base_names[:30]))
+        [a] = named.predict(scene.image, text=names, threshold=0.1)
+        [b] = trex2_only.predict(scene.image, text=names, threshold=0.1)
+        with_namer += _hits(a, scene, names)
+        without += _hits(b, scene, names)
+        total += len(scene.labels())
+    assert with_namer > without and with_namer >= 0.4 * total, (with_namer, without, total)
+
+
+def test_exemplar_categories_keep_trex2_scores(named, trex2_only, scenes):
+    image = scenes[0].image
+    box = [float(v) for v in scenes[0].boxes_xyxy()[0]]
+    [a] = named.predict(image, boxes=[box], threshold=0.05)
+    [b] = trex2_only.predict(image, boxes=[box], threshold=0.05)
+    assert torch.equal(a.boxes, b.boxes) and torch.equal(a.scores, b.scores) and len(a) > 0
+    # Mixed call: the exemplar category is T-Rex2's, the phrase category the namer's.
+    [mixed] = named.predict(image, text="hippopotamus", boxes=[{"box": box, "label": "thing"}], threshold=0.05)
+    assert set(mixed.label_names) <= {"hippopotamus", "thing"}
+
+
+def test_folder_round_trip_keeps_the_namer(named, scenes, tmp_path):
+    named.save(tmp_path / "det", compact=True)
+    header = json.loads((tmp_path / "det" / "detector.json").read_text())
+    assert header["namer"] == "namer" and header["namer_config"]["input_size"] == 224
+    again = Detector.load(tmp_path / "det", cache=None)
+    assert again.engine.namer is not None
+    names = ["potato", "umbrella", "dog"]
+    [a] = again.predict(scenes[1].image, text=names, threshold=0.05)
+    [b] = named.predict(scenes[1].image, text=names, threshold=0.05)
+    assert len(a) == len(b) and a.label_names == b.label_names
+    assert torch.allclose(a.scores, b.scores, atol=0.02)  # float16 copy
+
+
+def test_routing_of_categories_and_concepts():
+    text = PromptCategory("dog", texts=(TextPrompt("dog"),))
+    boxed = PromptCategory("mug", visuals=(BoxPrompt((1, 1, 5, 5)),))
+    negated = PromptCategory("cat", texts=(TextPrompt("cat"),), negatives=(TextPrompt("tiger", negative=True),))
+    assert text_only(text) and not text_only(boxed) and not text_only(negated)
+    phrase = PromptConcept("apple", torch.ones(4) / 2, "h", sources=({"kind": "text", "text": "red apple"},))
+    exemplar = PromptConcept("mug", torch.ones(4) / 2, "h", sources=({"kind": "box", "box": [1, 1, 5, 5]},))
+    assert concept_phrases(phrase) == ("red apple",) and concept_phrases(exemplar) == ()
+    index, categories = named_categories([boxed, text, negated], [exemplar, phrase])
+    assert index == [1, 4] and [c.name for c in categories] == ["dog", "apple"]
+    assert categories[1].texts == (TextPrompt("red apple"),)
