@@ -59,7 +59,9 @@ def test_any_image_input_and_batches(detector, scenes, tmp_path):
     assert len(results) == len(sources)
     for dets in results:
         assert isinstance(dets, Detections) and dets.names == ("dog", "red apple") and dets.image_wh == (128, 128)
-        assert torch.allclose(dets.scores, results[0].scores) and torch.equal(dets.boxes, results[0].boxes)
+        # The fifth image runs in a batch of one (batch_size 4): kernels for another batch size may round
+        # differently in the last digit on some CPUs.
+        assert torch.allclose(dets.scores, results[0].scores) and torch.allclose(dets.boxes, results[0].boxes, atol=1e-3)
         assert ((dets.boxes >= -1e-3) & (dets.boxes <= 128 + 1e-3)).all() and len(dets) <= 100
         assert ((dets.scores >= 0) & (dets.scores <= 1)).all()
     [single] = detector.predict(scene.image, text=["dog"], threshold=0.0)
