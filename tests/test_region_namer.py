@@ -101,10 +101,14 @@ def test_routing_of_categories_and_concepts():
     text = PromptCategory("dog", texts=(TextPrompt("dog"),))
     boxed = PromptCategory("mug", visuals=(BoxPrompt((1, 1, 5, 5)),))
     negated = PromptCategory("cat", texts=(TextPrompt("cat"),), negatives=(TextPrompt("tiger", negative=True),))
-    assert text_only(text) and not text_only(boxed) and not text_only(negated)
-    phrase = PromptConcept("apple", torch.ones(4) / 2, "h", sources=({"kind": "text", "text": "red apple"},))
+    box_negated = PromptCategory("cow", texts=(TextPrompt("cow"),), negatives=(BoxPrompt((1, 1, 5, 5), negative=True),))
+    assert text_only(text) and text_only(negated) and not text_only(boxed) and not text_only(box_negated)
+    phrase = PromptConcept("apple", torch.ones(4) / 2, "h", sources=(
+        {"kind": "text", "text": "red apple"}, {"kind": "text", "text": "tomato", "negative": True}))
     exemplar = PromptConcept("mug", torch.ones(4) / 2, "h", sources=({"kind": "box", "box": [1, 1, 5, 5]},))
-    assert concept_phrases(phrase) == ("red apple",) and concept_phrases(exemplar) == ()
-    index, categories = named_categories([boxed, text, negated], [exemplar, phrase])
-    assert index == [1, 4] and [c.name for c in categories] == ["dog", "apple"]
-    assert categories[1].texts == (TextPrompt("red apple"),)
+    assert concept_phrases(phrase) == (("red apple",), ("tomato",)) and concept_phrases(exemplar) == ((), ())
+    index, categories = named_categories([boxed, text, negated, box_negated], [exemplar, phrase])
+    assert index == [1, 2, 5] and [c.name for c in categories] == ["dog", "cat", "apple"]
+    assert categories[2].texts == (TextPrompt("red apple"),)
+    assert categories[2].negatives == (TextPrompt("tomato", negative=True),)
+    assert categories[1].negatives == negated.negatives

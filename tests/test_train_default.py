@@ -316,10 +316,11 @@ def test_committed_stage_weights_replace_the_teacher_and_rpn_stages(run, tmp_pat
     shutil.copytree(run / "run" / "teacher" / "model", weights / "backbone")
     shutil.copy(run / "run" / "teacher" / "recipe.json", weights / "backbone" / "recipe.json")
     shutil.copytree(run / "run" / "rpn" / "model", weights / "rpn")
-    config = replace(fast_profile(), teacher_weights=str(weights / "backbone"), rpn_weights=str(weights / "rpn"))
+    config = replace(fast_profile(), teacher_weights=str(weights / "backbone"), rpn_weights=str(weights / "rpn"),
+                     trex2_namer=True)
     assert set(scene_specs(config)) == {"trex2"}
     out = tmp_path / "run"
-    result = run_default_pipeline(config, out, caches_dir=run / "run" / "caches")
+    result = run_default_pipeline(config, out, caches_dir=run / "run" / "caches", install_to=tmp_path / "installed")
     status = {s.name: s for s in result.stages}
     assert status["teacher"].status == status["rpn"].status == "committed"
     assert status["teacher"].output == str(weights / "backbone") and status["trex2"].status == "ran"
@@ -331,5 +332,14 @@ def test_committed_stage_weights_replace_the_teacher_and_rpn_stages(run, tmp_pat
     assert stages["teacher"]["weights_hash"] == backbone_hash and stages["teacher"]["recipe"]
     assert stages["rpn"]["folder"] == str(weights / "rpn")
     assert "committed weights" in result.card["description"] or result.card["evaluation"]["chosen"] == "teacher"
+    header = read_json(out / "candidates" / "trex2" / "detector.json")  # the backbone names T-Rex2's boxes
+    assert header["namer"] == "namer" and read_json(out / "candidates" / "trex2" / "namer" / "card.json")[
+        "weights_hash"] == backbone_hash
+    assert Detector.load(out / "candidates" / "trex2", cache=None).engine.namer is not None
+    installed = tmp_path / "installed"
+    if read_json(installed / "detector.json")["kind"] == "trex2":
+        assert Detector.load(installed, cache=None).engine.namer is not None
+        with safe_open(str(installed / "namer" / "model.safetensors"), framework="pt") as handle:
+            assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"F16"}  # noqa: SIM118
     with pytest.raises(RegionPromptError, match="weights .* are missing"):
         run_default_pipeline(replace(config, rpn_weights=str(tmp_path / "nowhere")), tmp_path / "other")

@@ -6,16 +6,17 @@ RegionCLIP student learned region-text alignment from captions (novel concepts i
 ground-truth boxes several times better than T-Rex2 names its own. The namer joins the two:
 
 1. T-Rex2 runs as usual, its queries selected by every prompt;
-2. for the categories given by text alone (no exemplar, no negative), the final query boxes become the
+2. for the categories given by text alone (phrases, and phrases as negatives), the final query boxes become the
    proposals of a RegionCLIP zero-shot detector, each with T-Rex2's best score over those categories as
    its objectness;
 3. RegionCLIP scores each proposal against the category phrases (softmax with a background, over the
    categories of the call) and keeps ``sqrt(p * objectness)``, per-category NMS, as its zero-shot
-   detector does with RPN proposals.
+   detector does with RPN proposals; a negative phrase drops a box that is closer to it than to the
+   category (the zero-shot detector's rule, on the region embedding).
 
-Categories with exemplars (interactive, generic, mixed) or negatives keep T-Rex2's own scores: there its
-prompt encoder is the better tool. Saved concepts are routed by their recorded sources: a concept made
-from phrases only is named by its phrases.
+Categories with exemplars (interactive, generic, mixed) or exemplar negatives keep T-Rex2's own
+scores: there its prompt encoder is the better tool. Saved concepts are routed by their recorded
+sources: a concept made from phrases only is named by its phrases.
 """
 
 from __future__ import annotations
@@ -34,16 +35,20 @@ from regionprompt.results import Detections
 
 
 def text_only(category: PromptCategory) -> bool:
-    """A category given by phrases alone: the namer's to score."""
-    return bool(category.texts) and not category.visuals and not category.negatives
+    """A category given by phrases alone (negatives included): the namer's to score."""
+    return (bool(category.texts) and not category.visuals
+            and all(isinstance(n, TextPrompt) for n in category.negatives))
 
 
-def concept_phrases(concept: PromptConcept) -> tuple[str, ...]:
-    """The phrases of a concept made from text alone (its recorded sources); ``()`` otherwise."""
+def concept_phrases(concept: PromptConcept) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The (positive, negative) phrases of a concept made from text alone (its recorded sources);
+    ``((), ())`` otherwise."""
     sources = concept.sources
-    if not sources or any(s.get("kind") != TEXT_KIND or s.get("negative") for s in sources):
-        return ()
-    return tuple(str(s["text"]) for s in sources)
+    if not sources or any(s.get("kind") != TEXT_KIND for s in sources):
+        return (), ()
+    positive = tuple(str(s["text"]) for s in sources if not s.get("negative"))
+    negative = tuple(str(s["text"]) for s in sources if s.get("negative"))
+    return (positive, negative) if positive else ((), ())
 
 
 def named_categories(categories: Sequence[PromptCategory], concepts: Sequence[PromptConcept]
@@ -53,12 +58,13 @@ def named_categories(categories: Sequence[PromptCategory], concepts: Sequence[Pr
     for i, category in enumerate(categories):
         if text_only(category):
             index.append(i)
-            named.append(PromptCategory(category.name, texts=category.texts))
+            named.append(PromptCategory(category.name, texts=category.texts, negatives=category.negatives))
     for j, concept in enumerate(concepts):
-        phrases = concept_phrases(concept)
-        if phrases:
+        positive, negative = concept_phrases(concept)
+        if positive:
             index.append(len(categories) + j)
-            named.append(PromptCategory(concept.name, texts=tuple(TextPrompt(p) for p in phrases)))
+            named.append(PromptCategory(concept.name, texts=tuple(TextPrompt(p) for p in positive),
+                                        negatives=tuple(TextPrompt(p, negative=True) for p in negative)))
     return index, named
 
 

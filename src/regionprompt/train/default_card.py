@@ -86,7 +86,10 @@ def model_parts(header: Mapping[str, Any]) -> dict[str, str]:
     """``{part: sub-folder}`` of a detector folder from its ``detector.json``: ``clip`` (+ ``rpn``) for
     RegionCLIP, ``trex2`` for T-Rex2 (whose header names its folder under ``"model"``)."""
     if header.get("kind") == TREX2_KIND:
-        return {"trex2": str(header["model"])}
+        parts = {"trex2": str(header["model"])}
+        if header.get("namer") is not None:  # the RegionCLIP model naming text categories
+            parts["namer"] = str(header["namer"])
+        return parts
     return {part: str(header[part]) for part in MODEL_PARTS if header.get(part) is not None}
 
 
@@ -338,12 +341,20 @@ def _write_trex2_storage(source: Path, staging: Path, header: Mapping[str, Any],
         model, config = read_trex2_folder(source, header)
         # The text side is frozen in T-Rex2 training, so its learnt rows are those of the teacher's text.
         keep_learnt_tokens(model.clip, token_texts or ())
-        Detector.from_trex2(model, config).save(staging, compact=True)
-        return
-    staging.mkdir(parents=True)
-    shutil.copy2(source / DETECTOR_FILE, staging / DETECTOR_FILE)
-    card, state = read_model_dir(source / header["model"], TRex2Card, kind="T-Rex2")
-    save_model_dir(staging / header["model"], state, card, dtype=torch.float16)
+        written = Detector.from_trex2(model, config).save(staging, compact=True)
+        if header.get("namer") is not None:
+            kept = {k: header[k] for k in ("namer", "namer_config")}
+            atomic_write_text(written / DETECTOR_FILE, dump_json({**read_json(written / DETECTOR_FILE), **kept}, indent=2))
+    else:
+        staging.mkdir(parents=True)
+        shutil.copy2(source / DETECTOR_FILE, staging / DETECTOR_FILE)
+        card, state = read_model_dir(source / header["model"], TRex2Card, kind="T-Rex2")
+        save_model_dir(staging / header["model"], state, card, dtype=torch.float16)
+    if header.get("namer") is not None:
+        from regionprompt.vl.cards import ModelCard
+
+        card, state = read_model_dir(source / header["namer"], ModelCard, kind="CLIP")
+        save_model_dir(staging / header["namer"], state, card, dtype=torch.float16)
 
 
 #: Ways to store the weights, smallest first: float16 with the CLIP token embedding cut to the tokens of
@@ -411,7 +422,7 @@ def install_detector(source: Path, target: Path, *, half: bool = True, token_tex
         try:
             old_parts = model_parts(read_json(target / DETECTOR_FILE)).values()
         except (CheckpointError, KeyError):
-            old_parts = MODEL_PARTS + ("trex2",)  # no readable header: the folder names detectors use
+            old_parts = MODEL_PARTS + ("trex2", "namer")  # no readable header: the folder names detectors use
         managed = {DETECTOR_FILE, MODEL_CARD_FILE, *parts.values(), *old_parts}
         for entry in target.iterdir():
             if entry.name not in managed and not (staging / entry.name).exists():

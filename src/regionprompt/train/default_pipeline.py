@@ -502,13 +502,17 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
                                          "config": config.detector.to_dict()}
     if "trex2" in candidates:  # only then: a recipe without T-Rex2 keeps the keys of earlier runs
         detector_settings["trex2"] = {"model": hashes["trex2"], "config": config.trex2_detect.to_dict()}
+        if config.trex2_namer:
+            detector_settings["trex2"]["namer"] = _weights_hash(teacher_model)
     detector_key = settings_key(detector_settings)
 
     def build_detectors() -> str:
         rpn = ProposalNetwork.load(rpn_model)
         for name, model in candidates.items():
             if name == "trex2":
-                detector = Detector.from_trex2(TRex2.load(model), config.trex2_detect)
+                # The namer (the teacher's region encoder) names T-Rex2's boxes for text prompts.
+                namer = RegionPromptCLIP.load(teacher_model) if config.trex2_namer else None
+                detector = Detector.from_trex2(TRex2.load(model), config.trex2_detect, namer=namer)
             else:
                 detector = Detector.from_models(RegionPromptCLIP.load(model), rpn, config.detector)
             detector.save(paths.candidate(name))

@@ -91,6 +91,7 @@ class DefaultPipelineConfig:
     regions: RegionPretrainConfig = field(default_factory=RegionPretrainConfig)
     trex2: TRex2TrainConfig | None = TREX2  # the T-Rex2 candidate; None: RegionCLIP detectors only
     trex2_detect: TRex2DetectConfig = TREX2_DETECT  # how its query scores become detections
+    trex2_namer: bool = False  # the teacher's region encoder names T-Rex2's boxes for text prompts (region_namer)
     eval_images: int = 100  # EmojiWorld test images of the evaluation build
     eval_seed: int = 1  # its world seed
     eval_max_detections: int = 100  # detections per image (and COCO maxDets)
@@ -133,7 +134,7 @@ def _vision_kind(card: str) -> str | None:
 
 def default_profile() -> DefaultPipelineConfig:
     """The recipe of the shipped model: committed teacher (student8) and RPN weights, then T-Rex2 v2."""
-    return DefaultPipelineConfig(teacher_weights=STUDENT8, rpn_weights=COMMITTED_RPN)
+    return DefaultPipelineConfig(teacher_weights=STUDENT8, rpn_weights=COMMITTED_RPN, trex2_namer=True)
 
 
 def fast_profile() -> DefaultPipelineConfig:
