@@ -12,7 +12,7 @@ from torchvision.ops import box_iou
 
 from regionprompt.api import Detector
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.region_namer import concept_phrases, named_categories, text_only
+from regionprompt.detect.region_namer import concept_phrases, named_by_text, named_categories
 from regionprompt.prompts import BoxPrompt, PromptCategory, TextPrompt
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.world.concepts import load_concepts
@@ -102,11 +102,18 @@ def test_routing_of_categories_and_concepts():
     boxed = PromptCategory("mug", visuals=(BoxPrompt((1, 1, 5, 5)),))
     negated = PromptCategory("cat", texts=(TextPrompt("cat"),), negatives=(TextPrompt("tiger", negative=True),))
     box_negated = PromptCategory("cow", texts=(TextPrompt("cow"),), negatives=(BoxPrompt((1, 1, 5, 5), negative=True),))
-    assert text_only(text) and text_only(negated) and not text_only(boxed) and not text_only(box_negated)
+    mixed = PromptCategory("owl", texts=(TextPrompt("owl"),), visuals=(BoxPrompt((1, 1, 5, 5)),))
+    assert named_by_text(text) and named_by_text(negated) and named_by_text(mixed)
+    assert not named_by_text(boxed) and not named_by_text(box_negated)
     phrase = PromptConcept("apple", torch.ones(4) / 2, "h", sources=(
         {"kind": "text", "text": "red apple"}, {"kind": "text", "text": "tomato", "negative": True}))
     exemplar = PromptConcept("mug", torch.ones(4) / 2, "h", sources=({"kind": "box", "box": [1, 1, 5, 5]},))
+    both = PromptConcept("cup", torch.ones(4) / 2, "h", sources=({"kind": "text", "text": "cup"},
+                                                                  {"kind": "box", "box": [1, 1, 5, 5]}))
+    box_negative = PromptConcept("pot", torch.ones(4) / 2, "h", sources=(
+        {"kind": "text", "text": "pot"}, {"kind": "box", "box": [1, 1, 5, 5], "negative": True}))
     assert concept_phrases(phrase) == (("red apple",), ("tomato",)) and concept_phrases(exemplar) == ((), ())
+    assert concept_phrases(both) == (("cup",), ()) and concept_phrases(box_negative) == ((), ())
     index, categories = named_categories([boxed, text, negated, box_negated], [exemplar, phrase])
     assert index == [1, 2, 5] and [c.name for c in categories] == ["dog", "cat", "apple"]
     assert categories[2].texts == (TextPrompt("red apple"),)

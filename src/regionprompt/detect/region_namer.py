@@ -6,17 +6,18 @@ RegionCLIP student learned region-text alignment from captions (novel concepts i
 ground-truth boxes several times better than T-Rex2 names its own. The namer joins the two:
 
 1. T-Rex2 runs as usual, its queries selected by every prompt;
-2. for the categories given by text alone (phrases, and phrases as negatives), the final query boxes become the
-   proposals of a RegionCLIP zero-shot detector, each with T-Rex2's best score over those categories as
-   its objectness;
+2. for the categories with a name -- text alone, or text and exemplars (mixed) -- and no exemplar
+   negatives, the final query boxes become the proposals of a RegionCLIP zero-shot detector, each with
+   T-Rex2's best score over those categories as its objectness (for a mixed category T-Rex2's score
+   already holds its exemplars);
 3. RegionCLIP scores each proposal against the category phrases (softmax with a background, over the
    categories of the call) and keeps ``sqrt(p * objectness)``, per-category NMS, as its zero-shot
    detector does with RPN proposals; a negative phrase drops a box that is closer to it than to the
    category (the zero-shot detector's rule, on the region embedding).
 
-Categories with exemplars (interactive, generic, mixed) or exemplar negatives keep T-Rex2's own
-scores: there its prompt encoder is the better tool. Saved concepts are routed by their recorded
-sources: a concept made from phrases only is named by its phrases.
+Categories given by exemplars alone (interactive, generic) or with exemplar negatives keep T-Rex2's
+own scores: there its prompt encoder is the better tool. Saved concepts are routed by their recorded
+sources: a concept with phrases (and no exemplar negatives) is named by its phrases.
 """
 
 from __future__ import annotations
@@ -34,20 +35,19 @@ from regionprompt.prompts import PromptCategory, TextPrompt
 from regionprompt.results import Detections
 
 
-def text_only(category: PromptCategory) -> bool:
-    """A category given by phrases alone (negatives included): the namer's to score."""
-    return (bool(category.texts) and not category.visuals
-            and all(isinstance(n, TextPrompt) for n in category.negatives))
+def named_by_text(category: PromptCategory) -> bool:
+    """A category with phrases (text or mixed) and no exemplar negatives: the namer's to score."""
+    return bool(category.texts) and all(isinstance(n, TextPrompt) for n in category.negatives)
 
 
 def concept_phrases(concept: PromptConcept) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The (positive, negative) phrases of a concept made from text alone (its recorded sources);
-    ``((), ())`` otherwise."""
+    """The (positive, negative) phrases of a concept with phrases and no exemplar negatives (its
+    recorded sources); ``((), ())`` otherwise."""
     sources = concept.sources
-    if not sources or any(s.get("kind") != TEXT_KIND for s in sources):
+    if any(s.get("negative") and s.get("kind") != TEXT_KIND for s in sources):
         return (), ()
-    positive = tuple(str(s["text"]) for s in sources if not s.get("negative"))
-    negative = tuple(str(s["text"]) for s in sources if s.get("negative"))
+    positive = tuple(str(s["text"]) for s in sources if s.get("kind") == TEXT_KIND and not s.get("negative"))
+    negative = tuple(str(s["text"]) for s in sources if s.get("kind") == TEXT_KIND and s.get("negative"))
     return (positive, negative) if positive else ((), ())
 
 
@@ -56,7 +56,7 @@ def named_categories(categories: Sequence[PromptCategory], concepts: Sequence[Pr
     """Which of the recipes (categories, then concepts) the namer scores, and their text categories."""
     index, named = [], []
     for i, category in enumerate(categories):
-        if text_only(category):
+        if named_by_text(category):
             index.append(i)
             named.append(PromptCategory(category.name, texts=category.texts, negatives=category.negatives))
     for j, concept in enumerate(concepts):
@@ -93,4 +93,4 @@ class RegionNamer:
         return found
 
 
-__all__ = ["RegionNamer", "concept_phrases", "named_categories", "text_only"]
+__all__ = ["RegionNamer", "concept_phrases", "named_by_text", "named_categories"]
