@@ -178,3 +178,10 @@ def test_label_gives_each_box_one_label_unless_all_labels(images, tmp_path):
             assert float(box_iou(boxes, boxes).fill_diagonal_(0).max()) <= 0.7 + 1e-3
         assert all(0 <= a.bbox[0] and 0 <= a.bbox[1] and a.bbox[0] + a.bbox[2] <= image.width + 0.01
                    and a.bbox[1] + a.bbox[3] <= image.height + 0.01 for a in one.annotations if a.image_id == image.id)
+
+
+def test_default_model_states_its_scope(images, tmp_path, capsys):
+    rc = main(["detect", str(images / "scene_0.png"), "--text", "dog", "--cache", "none", "--out", str(tmp_path / "o")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "knows EmojiWorld" in err and "not real photos" in err

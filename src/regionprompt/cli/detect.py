@@ -72,6 +72,10 @@ def load_detector(args: argparse.Namespace) -> Any:
 
         library = ConceptLibrary(args.concepts_db)
     cache = None if args.cache == "none" else args.cache
+    if str(args.model) == "default":
+        # Said once per command, on stderr (JSON and dataset outputs stay clean): the shipped model's scope.
+        print("note: the default model knows EmojiWorld's 1,177 emoji concepts only, not real photos; "
+              "use --model with real weights for photos (README, 'What the shipped model knows')", file=sys.stderr)
     return Detector.load(args.model, cache=cache, concept_library=library)
 
 
