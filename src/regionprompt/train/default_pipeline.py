@@ -404,33 +404,27 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         render))
 
     # -- teacher and RPN: trained here, or taken from committed stage weights
-    if config.teacher_weights is not None:
-        teacher_model = committed_weights(config.teacher_weights, "teacher")
-        reports.append(StageReport("teacher", "committed", 0.0, _recorded_seconds(teacher_model), str(teacher_model),
-                                   f"weights {_weights_hash(teacher_model)[:12]}"))
-    else:
-        def train_teacher() -> str:
-            train_clip(config.teacher, paths.teacher, cache_dir=paths.cache(specs["teacher"]), workers=config.workers)
-            return _final_loss(paths.teacher)
+    def stage_model(name: str, committed: str | None, run_dir: Path, recipe: Any, train: Callable[[], Any]) -> Path:
+        if committed is not None:
+            model = committed_weights(committed, name)
+            reports.append(StageReport(name, "committed", 0.0, _recorded_seconds(model), str(model),
+                                       f"weights {_weights_hash(model)[:12]}"))
+            return model
 
-        reports.append(state.run("teacher", settings_key(config.teacher), paths.teacher / MODEL_DIR,
-                                 lambda: _model_complete(paths.teacher, config.teacher), train_teacher,
-                                 adopt=_adopt_run(paths.teacher)))
-        teacher_model = paths.teacher / MODEL_DIR
+        def work() -> str:
+            train()
+            return _final_loss(run_dir)
 
-    if config.rpn_weights is not None:
-        rpn_model = committed_weights(config.rpn_weights, "RPN")
-        reports.append(StageReport("rpn", "committed", 0.0, _recorded_seconds(rpn_model), str(rpn_model),
-                                   f"weights {_weights_hash(rpn_model)[:12]}"))
-    else:
-        def train_proposals() -> str:
-            train_rpn(config.rpn, paths.rpn, cache_dir=paths.cache(specs["rpn"]), workers=config.workers)
-            return _final_loss(paths.rpn)
+        reports.append(state.run(name, settings_key(recipe), run_dir / MODEL_DIR, lambda: _model_complete(run_dir, recipe),
+                                 work, adopt=_adopt_run(run_dir)))
+        return run_dir / MODEL_DIR
 
-        reports.append(state.run("rpn", settings_key(config.rpn), paths.rpn / MODEL_DIR,
-                                 lambda: _model_complete(paths.rpn, config.rpn), train_proposals,
-                                 adopt=_adopt_run(paths.rpn)))
-        rpn_model = paths.rpn / MODEL_DIR
+    teacher_model = stage_model(
+        "teacher", config.teacher_weights, paths.teacher, config.teacher,
+        lambda: train_clip(config.teacher, paths.teacher, cache_dir=paths.cache(specs["teacher"]), workers=config.workers))
+    rpn_model = stage_model(
+        "rpn", config.rpn_weights, paths.rpn, config.rpn,
+        lambda: train_rpn(config.rpn, paths.rpn, cache_dir=paths.cache(specs["rpn"]), workers=config.workers))
 
     candidates = {"teacher": teacher_model}
 
