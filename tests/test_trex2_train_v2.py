@@ -5,17 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from test_trex2_train import TINY as V1_TINY
+
 from regionprompt.errors import RegionPromptError
 from regionprompt.train.augment import augment_batch, outline
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.trex2 import SceneBatches, TRex2Step, TRex2TrainConfig, build_model, text_table, train_trex2
 
-TINY = {
-    "image_size": 64, "dim": 32, "heads": 2, "points": 2, "encoder_layers": 1, "decoder_layers": 2,
-    "prompt_layers": 1, "ffn_dim": 64, "num_queries": 20, "templates": "single", "num_scenes": 24, "batch_size": 4,
-    "lr": 1e-3, "backbone_lr": 1e-3, "frozen_stages": 0, "warmup_steps": 5, "grad_clip": 1.0, "dn_queries": 20,
-    "checkpoint_every": 1000,
-}
+TINY = {**V1_TINY, "num_scenes": 24}  # more scenes than the v1 tests: partners need shared concepts
 
 
 @pytest.fixture(scope="module")

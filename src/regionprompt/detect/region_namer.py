@@ -83,14 +83,15 @@ class RegionNamer:
         return self.detector.model
 
     @torch.no_grad()
-    def name(self, image: LoadedImage, boxes: torch.Tensor, objectness: torch.Tensor,
-             categories: Sequence[PromptCategory], threshold: float) -> Detections:
-        """``boxes`` ``(Q, 4)`` xyxy pixels of ``image`` with ``objectness`` ``(Q,)`` in [0, 1] -> detections of
-        ``categories`` (labels index ``categories``)."""
-        order = objectness.argsort(descending=True)
-        proposals = Proposals(boxes[order].float(), objectness[order].float().clamp(0, 1))
-        [found] = self.detector.detect([image], categories, proposals=[proposals], threshold=threshold)
-        return found
+    def name(self, images: Sequence[LoadedImage], boxes: Sequence[torch.Tensor], objectness: Sequence[torch.Tensor],
+             categories: Sequence[PromptCategory], threshold: float) -> list[Detections]:
+        """Per image: ``boxes`` ``(Q, 4)`` xyxy pixels with ``objectness`` ``(Q,)`` in [0, 1] -> detections of
+        ``categories`` (labels index ``categories``). One call: the phrases are embedded once."""
+        proposals = []
+        for box, obj in zip(boxes, objectness):
+            order = obj.argsort(descending=True)
+            proposals.append(Proposals(box[order].float(), obj[order].float().clamp(0, 1)))
+        return self.detector.detect(list(images), categories, proposals=proposals, threshold=threshold)
 
 
 __all__ = ["RegionNamer", "concept_phrases", "named_by_text", "named_categories"]

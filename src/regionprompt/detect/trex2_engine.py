@@ -268,13 +268,34 @@ class TRex2Engine:
         for start in range(0, len(loaded), step):
             chunk = loaded[start : start + step]
             encoded = self.model.encode_images(self._pixels(chunk))
-            for i, image in enumerate(chunk):
-                out.append(self._detect_one(image, encoded, i, [im.wh for im in chunk], recipes, threshold, named))
+            found = [self._detect_one(image, encoded, i, [im.wh for im in chunk], recipes, threshold, named)
+                     for i, image in enumerate(chunk)]
+            out.extend(self._name_chunk(chunk, found, named[0], named[1], threshold))
+        return out
+
+    def _name_chunk(self, chunk: Sequence[LoadedImage],
+                    found: Sequence[tuple[Detections, torch.Tensor, torch.Tensor | None]],
+                    named_index: list[int], named: list[PromptCategory], threshold: float) -> list[Detections]:
+        """T-Rex2's detections of a chunk of images plus the namer's for the named categories: one namer
+        call per chunk, so the phrases are embedded once, not once per image."""
+        if not named_index or self.namer is None:
+            return [dets for dets, _, _ in found]
+        by_name = self.namer.name(chunk, [boxes for _, boxes, _ in found], [obj for _, _, obj in found], named, threshold)
+        out = []
+        for (dets, _, _), extra in zip(found, by_name):
+            labels = torch.tensor(named_index, dtype=torch.long)[extra.labels]
+            merged = Detections(torch.cat([dets.boxes, extra.boxes]), torch.cat([dets.scores, extra.scores]),
+                                torch.cat([dets.labels, labels]), dets.names, dets.image_wh, prompts=dets.prompts,
+                                image_name=dets.image_name)
+            out.append(merged.topk(self.config.max_detections))
         return out
 
     def _detect_one(self, image: LoadedImage, encoded: EncodedImages, index: int, chunk_wh: list[tuple[int, int]],
                     recipes: Sequence[CategoryRecipe], threshold: float,
-                    named: tuple[list[int], list[PromptCategory]] = ([], [])) -> Detections:
+                    named: tuple[list[int], list[PromptCategory]] = ([], [])
+                    ) -> tuple[Detections, torch.Tensor, torch.Tensor | None]:
+        """T-Rex2's detections of one image (named categories left out), its query boxes ``(Q, 4)`` xyxy
+        pixels and, when some categories are named, the queries' objectness for the namer ``(Q,)``."""
         names = [r.name for r in recipes]
         groups: list[tuple[int, Sequence[VisualPrompt]]] = []
         for recipe in recipes:
@@ -297,7 +318,7 @@ class TRex2Engine:
         width, height = image.wh
         boxes = box_convert(output.boxes[0], "cxcywh", "xyxy") * torch.tensor([width, height, width, height])
         positive = scores[:, : len(recipes)]
-        named_index, named_categories_ = named
+        named_index = named[0]
         own_scores = positive
         if named_index:  # those columns are scored by the namer below, not by T-Rex2
             own_scores = positive.clone()
@@ -312,15 +333,8 @@ class TRex2Engine:
         top = top_k_nms(boxes[rows], positive[rows, cols], cols, self.config.nms_iou, self.config.max_detections)
         found = Detections(boxes[rows[top]], positive[rows[top], cols[top]], cols[top], names, image.wh,
                            prompts=tuple(r.prompt for r in recipes), image_name=image.name)
-        if not named_index or self.namer is None:
-            return found
-        objectness = positive[:, named_index].max(dim=1).values
-        by_name = self.namer.name(image, boxes, objectness, named_categories_, threshold)
-        labels = torch.tensor(named_index, dtype=torch.long)[by_name.labels]
-        merged = Detections(torch.cat([found.boxes, by_name.boxes]), torch.cat([found.scores, by_name.scores]),
-                            torch.cat([found.labels, labels]), names, image.wh, prompts=found.prompts,
-                            image_name=image.name)
-        return merged.topk(self.config.max_detections)
+        objectness = positive[:, named_index].max(dim=1).values if named_index else None
+        return found, boxes, objectness
 
     # ---- persistence -----------------------------------------------------------------------------
 

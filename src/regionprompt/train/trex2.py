@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.ops import box_convert
 
 from regionprompt.errors import DatasetError, RegionPromptError
@@ -42,6 +41,7 @@ from regionprompt.trex2.card import TRex2Card
 from regionprompt.trex2.denoising import build_denoising_queries
 from regionprompt.trex2.losses import LossWeights, TRex2Criterion, alignment_loss
 from regionprompt.trex2.model import TRex2
+from regionprompt.trex2.prompt_encoder import mean_embedding
 from regionprompt.trex2.structures import DetectionTarget
 from regionprompt.trex2.visual_prompts import make_prompt_batch
 from regionprompt.vl.cards import load_card
@@ -320,7 +320,7 @@ class TRex2Step:
         size = batch.images.shape[-1]
         prompt_batch = make_prompt_batch(groups, [(size, size)] * len(batch.boxes))
         per_group = self.model.visual_prompt_embeddings(encoded, prompt_batch)
-        prompts = torch.stack([F.normalize(per_group[g].mean(dim=0), dim=-1) for g in column_groups])
+        prompts = torch.stack([mean_embedding(per_group[g]) for g in column_groups])
         column_concepts = torch.tensor(columns)
         unique = sorted(set(columns))
         text = self.model.text_prompt_embeddings(self.text_table[torch.tensor([self.row[c] for c in unique])])
