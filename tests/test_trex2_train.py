@@ -154,3 +154,17 @@ def test_cli_trains_a_detector(tmp_path, cache_dir, capsys):
     assert "trained 2 steps (finished)" in capsys.readouterr().out
     assert TRex2.load(tmp_path / "run" / "model").card.image_size == 64
     assert main(["train", "detector", "--arch", "trex2", "--out", str(tmp_path / "bad"), "--cycle", "xyz"]) == 2
+
+
+def test_init_starts_from_a_saved_detector_and_refuses_another_architecture(tmp_path, cache_dir):
+    from regionprompt.errors import RegionPromptError
+
+    config = TRex2TrainConfig(steps=3, text_warmup_steps=1, cycle="b", **TINY)
+    train_trex2(config, tmp_path / "first", cache_dir=cache_dir, workers=1)
+    saved = TRex2.load(tmp_path / "first" / "model").state_dict()
+    fresh = build_model(TRex2TrainConfig(**{**TINY, "seed": 7})).state_dict()
+    started = build_model(TRex2TrainConfig(init=str(tmp_path / "first" / "model"), **{**TINY, "seed": 7})).state_dict()
+    assert all(torch.equal(saved[k], started[k]) for k in saved)
+    assert not all(torch.equal(saved[k], fresh[k]) for k in saved)
+    with pytest.raises(RegionPromptError, match="dim 32 \\(recipe 48\\)"):
+        build_model(TRex2TrainConfig(init=str(tmp_path / "first" / "model"), **{**TINY, "dim": 48}))

@@ -99,6 +99,9 @@ class TRex2TrainConfig:
     amp: bool = False  # bfloat16 autocast of the forward pass (CPUs with AVX512-BF16 / AMX)
     seed: int = 0  # model init, batch order, prompt sampling
     checkpoint_every: int = 200
+    # A trained T-Rex2 model folder whose weights start this run (fine-tuning, or continuing a finished
+    # run with a new schedule); its architecture must equal this recipe's. "" = heads from ``seed``.
+    init: str = ""
 
     def __post_init__(self) -> None:
         if not self.cycle or set(self.cycle) - set(KINDS):
@@ -143,8 +146,28 @@ def build_model(config: TRex2TrainConfig) -> TRex2:
     clip = load_backbone(config.clip, config.seed)
     torch.manual_seed(config.seed)
     model = TRex2(config.card(clip), clip)
+    if config.init:
+        _load_init(model, Path(config.init))
     model.freeze_backbone_stages(config.frozen_stages)
     return model
+
+
+_ARCHITECTURE = ("image_size", "dim", "heads", "points", "encoder_layers", "decoder_layers", "prompt_layers",
+                 "ffn_dim", "num_queries", "templates")
+
+
+def _load_init(model: TRex2, folder: Path) -> None:
+    """Copy a saved detector's weights into ``model``: the same architecture, any training history."""
+    start = TRex2.load(folder)
+    differ = [f"{k} {getattr(start.card, k)} (recipe {getattr(model.card, k)})" for k in _ARCHITECTURE
+              if getattr(start.card, k) != getattr(model.card, k)]
+    try:
+        if not differ:
+            model.load_state_dict(start.state_dict())
+    except RuntimeError as error:  # same sizes, another backbone or text side
+        differ.append(str(error).splitlines()[0])
+    if differ:
+        raise RegionPromptError(f"--init {folder}: not this recipe's architecture: {'; '.join(differ)}")
 
 
 @dataclass(frozen=True)
