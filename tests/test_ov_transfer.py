@@ -321,3 +321,26 @@ def test_cli_help_and_tiny_run(tmp_path, models, cache_dir, capsys):
     bad = [a if a != str(out) else str(tmp_path / "bad") for a in argv] + ["--fg-iou", "0"]
     assert main(bad) == 2  # an invalid recipe is a clean error (exit 2), nothing trained
     assert not (tmp_path / "bad").exists()
+
+
+def test_tuned_namer_interpolates_the_image_tower_between_start_and_transfer(trained, models):
+    from regionprompt.errors import RegionPromptError
+    from regionprompt.train.namer_tuning import tuned_namer, tuned_tower
+    from regionprompt.vl.checkpoints import load_checkpoint
+
+    tower, step, info = tuned_tower(trained / "checkpoint.pt")
+    assert step == OVERFIT_STEPS and info["config"]["steps"] == OVERFIT_STEPS
+    start = load_checkpoint(models[0]).visual.state_dict()
+    record = {"stage": "test"}
+    at = {mix: tuned_namer(models[0], tower, mix, record).visual.state_dict() for mix in (0.0, 0.5, 1.0)}
+    moved = [k for k in start if start[k].is_floating_point() and not torch.equal(start[k], tower[k])]
+    assert moved  # the transfer trained the tower
+    for k in moved:
+        assert torch.equal(at[0.0][k], start[k]) and torch.allclose(at[1.0][k], tower[k])
+        assert torch.allclose(at[0.5][k], (start[k] + tower[k]) / 2, atol=1e-6)
+    namer = tuned_namer(models[0], tower, 0.5, record)
+    assert namer.card.training["mix"] == 0.5 and namer.card.weights_hash is None
+    with pytest.raises(RegionPromptError, match="mix"):
+        tuned_namer(models[0], tower, 1.5, record)
+    with pytest.raises(RegionPromptError, match="unreadable training checkpoint"):
+        tuned_tower(trained / "train_log.jsonl")

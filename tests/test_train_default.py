@@ -31,6 +31,7 @@ from regionprompt.train.default_pipeline import (
 )
 from regionprompt.train.default_recipe import DefaultPipelineConfig, fast_profile
 from regionprompt.train.finalize import RECIPE_FILE
+from regionprompt.train.ov_transfer import RegionClipTransferConfig
 from regionprompt.world.concepts import load_concepts
 
 
@@ -61,7 +62,8 @@ def _stages(table: str) -> dict[str, str]:
 def test_fast_pipeline_builds_every_stage(run):
     out = run / "run"
     state = json.loads((out / STATE_FILE).read_text())["stages"]
-    assert set(state) == set(STAGES) - {"install"} and all(s["done"] for s in state.values())
+    # The fast profile names T-Rex2's boxes with nothing (no namer, so no namer tuning either).
+    assert set(state) == set(STAGES) - {"install", "namer"} and all(s["done"] for s in state.values())
     for path in ("teacher/model/model.safetensors", "rpn/model/model.safetensors", "pseudo_labels/meta.json",
                  "student/model/model.safetensors", "trex2/model/model.safetensors", "candidates/teacher/detector.json",
                  "candidates/student/detector.json", "candidates/trex2/detector.json", "eval/teacher/report.json",
@@ -70,7 +72,7 @@ def test_fast_pipeline_builds_every_stage(run):
     card = json.loads((out / "detector" / "model_card.json").read_text())
     detector = Detector.load(out / "detector", cache=None)
     assert card["model_hash"] == detector.model_hash
-    assert set(card["wall_time_s"]) == set(STAGES) - {"card", "install"}
+    assert set(card["wall_time_s"]) == set(STAGES) - {"card", "install", "namer"}
     stages = card["training"]["stages"]
     assert stages["teacher"]["recipe"]["layout"] == "iconic"
     assert stages["rpn"]["recipe"]["steps"] == fast_profile().rpn.steps
@@ -257,6 +259,12 @@ def test_recipe_and_command_line_switches(capsys):
     default = train_default.config_from_args(parser.parse_args(["default", "--out", "x"]))
     assert default.teacher_weights == "weights/student8-minilm" and default.rpn_weights == "weights/rpn"
     assert default.trex2.paired_batches and default.trex2.extra_negatives >= 847
+    assert default.namer_tuning.fg_fraction == 1.0 and default.namer_tuning.background_weight == 0.0
+    args = parser.parse_args(["default", "--out", "x", "--namer-steps", "0", "--namer-mix", "0.3"])
+    assert train_default.config_from_args(args).namer_tuning is None and train_default.config_from_args(args).namer_mix == 0.3
+    assert train_default.config_from_args(parser.parse_args(["default", "--out", "x", "--no-trex2"])).namer_tuning is None
+    with pytest.raises(RegionPromptError, match="namer mix"):
+        train_default.config_from_args(parser.parse_args(["default", "--out", "x", "--namer-mix", "2"]))
     args = parser.parse_args(["default", "--out", "x", "--teacher-weights", "none", "--rpn-weights", "my/rpn"])
     assert train_default.config_from_args(args).teacher_weights is None
     assert train_default.config_from_args(args).rpn_weights == "my/rpn"
@@ -316,9 +324,13 @@ def test_committed_stage_weights_replace_the_teacher_and_rpn_stages(run, tmp_pat
     shutil.copytree(run / "run" / "teacher" / "model", weights / "backbone")
     shutil.copy(run / "run" / "teacher" / "recipe.json", weights / "backbone" / "recipe.json")
     shutil.copytree(run / "run" / "rpn" / "model", weights / "rpn")
+    # The namer is tuned on base boxes (a few transfer steps on T-Rex2's det-train cache) and mixed halfway back.
+    tuning = RegionClipTransferConfig(scene_size=64, num_scenes=8, batch_size=2, image_size=64, rois_per_image=8,
+                                      rpn_proposals=10, templates="single", steps=3, warmup_steps=1, fg_fraction=1.0,
+                                      background_weight=0.0, flip=0.0, checkpoint_every=1000)
     config = replace(fast_profile(), teacher_weights=str(weights / "backbone"), rpn_weights=str(weights / "rpn"),
-                     trex2_namer=True)
-    assert set(scene_specs(config)) == {"trex2"}
+                     trex2_namer=True, namer_tuning=tuning, namer_mix=0.5)
+    assert set(scene_specs(config)) == {"trex2", "namer"} and scene_specs(config)["namer"] == scene_specs(config)["trex2"]
     out = tmp_path / "run"
     result = run_default_pipeline(config, out, caches_dir=run / "run" / "caches", install_to=tmp_path / "installed")
     status = {s.name: s for s in result.stages}
@@ -332,9 +344,13 @@ def test_committed_stage_weights_replace_the_teacher_and_rpn_stages(run, tmp_pat
     assert stages["teacher"]["weights_hash"] == backbone_hash and stages["teacher"]["recipe"]
     assert stages["rpn"]["folder"] == str(weights / "rpn")
     assert "committed weights" in result.card["description"] or result.card["evaluation"]["chosen"] == "teacher"
-    header = read_json(out / "candidates" / "trex2" / "detector.json")  # the backbone names T-Rex2's boxes
+    assert status["namer"].status == "ran" and "mix 0.5" in status["namer"].note
+    namer_card = read_json(out / "namer" / "namer" / "card.json")
+    assert namer_card["training"]["mix"] == 0.5 and namer_card["training"]["initial_clip"]["weights_hash"] == backbone_hash
+    header = read_json(out / "candidates" / "trex2" / "detector.json")  # the tuned backbone names T-Rex2's boxes
     assert header["namer"] == "namer" and read_json(out / "candidates" / "trex2" / "namer" / "card.json")[
-        "weights_hash"] == backbone_hash
+        "weights_hash"] == namer_card["weights_hash"] != backbone_hash
+    assert stages["namer"]["mix"] == 0.5 and stages["namer"]["weights_hash"] == namer_card["weights_hash"]
     assert Detector.load(out / "candidates" / "trex2", cache=None).engine.namer is not None
     installed = tmp_path / "installed"
     if read_json(installed / "detector.json")["kind"] == "trex2":

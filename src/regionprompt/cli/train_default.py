@@ -12,7 +12,8 @@ DESCRIPTION = (
     "Reproduce the default detector end to end: scene caches -> CLIP teacher (default: the committed RegionCLIP "
     "student weights/student8-minilm; --teacher-weights none trains one by iconic 64 px pretraining) -> "
     "class-agnostic RPN (default: the committed weights/rpn; --rpn-weights none trains one) -> T-Rex2 detector "
-    "(v2 recipe) on the teacher's image tower and text side (--no-trex2: skip) -> [--student: pseudo labels + "
+    "(v2 recipe) on the teacher's image tower and text side (--no-trex2: skip) -> region namer: the teacher "
+    "tuned on base boxes and mixed back toward itself (--namer-steps 0: the teacher as it is) -> [--student: pseudo labels + "
     "region-text student] -> candidate detector folders (zero-shot RegionCLIP teacher [+ student], T-Rex2) -> "
     "evaluation of each (eval-detector --mode text on a 100-image EmojiWorld test build) -> the best by AP50 "
     "(ties: teacher, student, T-Rex2) as OUT/detector with model_card.json -> [--install: a float16 copy into "
@@ -50,6 +51,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--rpn-steps", type=int, default=None, help="override the RPN's steps")
     parser.add_argument("--trex2-steps", type=int, default=None, help="override the T-Rex2 detector's steps")
     parser.add_argument("--student-steps", type=int, default=None, help="override the student's steps")
+    parser.add_argument("--namer-steps", type=int, default=None,
+                        help="override the region namer's tuning steps on base boxes (0: the teacher names as it is)")
+    parser.add_argument("--namer-mix", type=float, default=None,
+                        help="weight of the tuned namer's image tower against the teacher's (default 0.5)")
     parser.add_argument("--pseudo-label-scenes", type=int, default=None, help="override the pseudo-labelled scene count")
     parser.add_argument("--eval-images", type=int, default=None, help="override the evaluation build's size")
     parser.add_argument("--input-size", type=int, default=None, help="override the detector's CLIP input side")
@@ -77,6 +82,11 @@ def config_from_args(args: argparse.Namespace):
         changes["rpn"] = replace(config.rpn, steps=args.rpn_steps)
     if args.no_trex2:
         changes["trex2"] = None
+        changes["namer_tuning"] = None  # the namer names T-Rex2's boxes: nothing to tune without them
+    elif args.namer_steps is not None and config.namer_tuning is not None:
+        changes["namer_tuning"] = replace(config.namer_tuning, steps=args.namer_steps) if args.namer_steps > 0 else None
+    if args.namer_mix is not None:
+        changes["namer_mix"] = args.namer_mix
     elif args.trex2_steps is not None and config.trex2 is not None:
         changes["trex2"] = replace(config.trex2, steps=args.trex2_steps)
     if args.student_steps is not None:

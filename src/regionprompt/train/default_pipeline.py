@@ -11,6 +11,9 @@ settings key and wall time)::
     rpn            proposal network, :func:`~regionprompt.train.rpn.train_rpn`          -> OUT/rpn/model
     trex2          (``trex2`` set) T-Rex2 on the teacher's image tower and frozen text side,
                    :func:`~regionprompt.train.trex2.train_trex2`                        -> OUT/trex2/model
+    namer          (``namer_tuning`` set) the region namer: the teacher fine-tuned on base boxes
+                   (RegionCLIP transfer, foreground RoIs), its tower mixed with the teacher's
+                   (:mod:`~regionprompt.train.namer_tuning`)                            -> OUT/namer/namer
     pseudo-labels  (student only) the teacher's region labels on pretrain scenes        -> OUT/pseudo_labels
     student        (student only) RegionCLIP region-text pretraining                    -> OUT/student/model
     detector       candidate detector folders: zero-shot RegionCLIP per CLIP model (+ the RPN) as
@@ -51,7 +54,7 @@ from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec
 _log = get_logger("train.default")
 
 STATE_FILE = "pipeline.json"
-STAGES = ("scenes", "teacher", "rpn", "trex2", "pseudo-labels", "student", "detector", "evaluate", "card", "install")
+STAGES = ("scenes", "teacher", "rpn", "trex2", "namer", "pseudo-labels", "student", "detector", "evaluate", "card", "install")
 #: The candidates, in the order that breaks AP50 ties (the earlier is kept).
 CANDIDATES = ("teacher", "student", "trex2")
 MODEL_NAME = "regionprompt-default"
@@ -83,6 +86,9 @@ def scene_specs(config: DefaultPipelineConfig) -> dict[str, SceneCacheSpec]:
     if config.trex2 is not None:
         x = config.trex2
         specs["trex2"] = SceneCacheSpec("det-train", x.world_seed, x.num_scenes, x.image_size)
+    if config.namer_tuning is not None:
+        n = config.namer_tuning
+        specs["namer"] = SceneCacheSpec("det-train", n.world_seed, n.num_scenes, n.scene_size)
     if config.student:
         specs["pseudo_labels"] = SceneCacheSpec("pretrain", config.pseudo_label_seed, config.pseudo_label_scenes,
                                                 config.pseudo_label_size)
@@ -113,6 +119,10 @@ class PipelinePaths:
     @property
     def trex2(self) -> Path:
         return self.out / "trex2"
+
+    @property
+    def namer(self) -> Path:
+        return self.out / "namer"
 
     @property
     def pseudo_labels(self) -> Path:
@@ -365,6 +375,8 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         pseudo_label,
     )
     from regionprompt.train.clip_pretrain import train_clip
+    from regionprompt.train.namer_tuning import tuned_namer
+    from regionprompt.train.ov_transfer import train_regionclip_detector
     from regionprompt.train.regions import train_regions
     from regionprompt.train.rpn import train_rpn
     from regionprompt.train.scene_cache import build_scene_cache
@@ -445,6 +457,28 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     else:
         off("trex2")
 
+    # -- the region namer: the teacher, or the teacher tuned on base boxes and mixed back toward itself
+    namer_model = teacher_model
+    if config.namer_tuning is not None:
+        namer_model = paths.namer / "namer"
+        namer_key = settings_key({"recipe": config.namer_tuning, "mix": config.namer_mix,
+                                  "teacher": _weights_hash(teacher_model), "rpn": _weights_hash(rpn_model)})
+
+        def tune_namer() -> str:
+            train_regionclip_detector(config.namer_tuning, paths.namer, clip=teacher_model, rpn=rpn_model,
+                                      cache_dir=paths.cache(specs["namer"]), workers=config.workers,
+                                      text_cache=EmbeddingCache(paths.embeddings))
+            tuned = load_checkpoint(paths.namer / MODEL_DIR / "clip").visual.state_dict()
+            record = {"stage": "region namer: RegionCLIP transfer on base boxes, mixed with the teacher",
+                      "recipe": asdict(config.namer_tuning)}
+            tuned_namer(teacher_model, tuned, config.namer_mix, record).save(namer_model)
+            return f"{_final_loss(paths.namer)}, mix {config.namer_mix}".lstrip(", ")
+
+        reports.append(state.run("namer", namer_key, namer_model,
+                                 lambda: (namer_model / "model.safetensors").is_file(), tune_namer))
+    else:
+        off("namer")
+
     # -- optional student
     if config.student:
         pool = (str(teacher_model.parent / "concept_pool.json" if config.teacher_weights is None
@@ -497,15 +531,15 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     if "trex2" in candidates:  # only then: a recipe without T-Rex2 keeps the keys of earlier runs
         detector_settings["trex2"] = {"model": hashes["trex2"], "config": config.trex2_detect.to_dict()}
         if config.trex2_namer:
-            detector_settings["trex2"]["namer"] = _weights_hash(teacher_model)
+            detector_settings["trex2"]["namer"] = _weights_hash(namer_model)
     detector_key = settings_key(detector_settings)
 
     def build_detectors() -> str:
         rpn = ProposalNetwork.load(rpn_model)
         for name, model in candidates.items():
             if name == "trex2":
-                # The namer (the teacher's region encoder) names T-Rex2's boxes for text prompts.
-                namer = RegionPromptCLIP.load(teacher_model) if config.trex2_namer else None
+                # The namer (the teacher's region encoder, maybe tuned) names T-Rex2's boxes for text prompts.
+                namer = RegionPromptCLIP.load(namer_model) if config.trex2_namer else None
                 detector = Detector.from_trex2(TRex2.load(model), config.trex2_detect, namer=namer)
             else:
                 detector = Detector.from_models(RegionPromptCLIP.load(model), rpn, config.detector)
@@ -547,7 +581,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         seconds = {r.name: r.total_seconds for r in reports if r.status != "off"}
         card = build_model_card(
             paths.detector, name=MODEL_NAME, description=_description(chosen, config), recipe=config.to_dict(),
-            stage_records=_stage_records(paths, candidates, teacher_model, rpn_model), stage_seconds=seconds,
+            stage_records=_stage_records(paths, candidates, teacher_model, rpn_model, config), stage_seconds=seconds,
             evaluation=_evaluation_entry(evaluations, chosen, config), command=command)
         write_model_card(paths.detector, card)
         return f"chose {chosen}"
@@ -637,21 +671,34 @@ def _description(chosen: str, config: DefaultPipelineConfig) -> str:
                 f"dim {x.dim}, trained {x.steps} steps of batch {x.batch_size} on {x.num_scenes} det-train scenes at "
                 f"{x.image_size} px (base boxes; text, box and point prompts, cycle {x.cycle!r}); text prompts go "
                 f"through the teacher's frozen text side, box and point exemplars through its visual prompt "
-                f"encoder. Profile {config.profile!r}.")
+                f"encoder.{_namer_sentence(config)} Profile {config.profile!r}.")
     clip = "the RegionCLIP student (region-text pretrained from the teacher's pseudo labels)" if chosen == "student" \
         else "the CLIP teacher"
     return (f"Zero-shot RegionCLIP detector on EmojiWorld: class-agnostic RPN proposals (trained on det-train base boxes) "
             f"classified by {clip} ({teacher}). Profile {config.profile!r}.")
 
 
+def _namer_sentence(config: DefaultPipelineConfig) -> str:
+    if not config.trex2_namer:
+        return ""
+    tuned = ""
+    if config.namer_tuning is not None:
+        tuned = (f", fine-tuned on base boxes ({config.namer_tuning.steps} steps, RegionCLIP transfer) and mixed "
+                 f"{config.namer_mix:g} : {1 - config.namer_mix:g} with the teacher in weight space")
+    return f" Text-prompted boxes are named by the teacher's region encoder (RegionCLIP region namer{tuned})."
+
+
 def _stage_records(paths: PipelinePaths, candidates: Mapping[str, Path], teacher_model: Path,
-                   rpn_model: Path) -> dict[str, Any]:
+                   rpn_model: Path, config: DefaultPipelineConfig) -> dict[str, Any]:
     """What each trainer recorded (``recipe.json``: recipe, data, final loss, seconds), plus pseudo-label identity.
 
     A stage from committed weights contributes its folder's ``recipe.json`` and its weights hash."""
     records = {"teacher": _model_record(teacher_model), "rpn": _model_record(rpn_model)}
     if "trex2" in candidates:
         records["trex2"] = read_json(paths.trex2 / RECIPE_FILE)
+        if config.namer_tuning is not None:
+            records["namer"] = {**read_json(paths.namer / RECIPE_FILE), "mix": config.namer_mix,
+                                "weights_hash": _weights_hash(paths.namer / "namer")}
     if "student" in candidates:
         records["student"] = read_json(paths.student / RECIPE_FILE)
         meta = read_json(paths.pseudo_labels / "meta.json")

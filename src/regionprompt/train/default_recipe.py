@@ -31,6 +31,7 @@ from regionprompt.detect.trex2_engine import TRex2DetectConfig
 from regionprompt.errors import RegionPromptError
 from regionprompt.regionclip.pseudo_labels import PseudoLabelConfig
 from regionprompt.train.clip_pretrain import ClipPretrainConfig
+from regionprompt.train.ov_transfer import RegionClipTransferConfig
 from regionprompt.train.regions import RegionPretrainConfig
 from regionprompt.train.rpn import RpnTrainConfig
 from regionprompt.train.trex2 import TRex2TrainConfig
@@ -60,6 +61,14 @@ TREX2 = TRex2TrainConfig(steps=4000, batch_size=4, cycle="tbtp", extra_negatives
 STUDENT8 = "weights/student8-minilm"
 COMMITTED_RPN = "weights/rpn"
 TREX2_DETECT = TRex2DetectConfig()
+#: The region namer's fine-tune: RegionCLIP's transfer on det-train base boxes at the namer's 224 px input,
+#: foreground RoIs only (ground truth + RPN boxes at IoU >= 0.5, no background term: T-Rex2's objectness
+#: decides what is an object, the namer only names it). Its tower is then mixed with the starting one
+#: (``namer_mix``, WiSE-FT) so the novel names the start knew are kept.
+NAMER_TUNING = RegionClipTransferConfig(image_size=224, rpn_proposals=50, rois_per_image=16, fg_fraction=1.0,
+                                        background_weight=0.0, steps=1500, warmup_steps=100, lr=1e-4,
+                                        checkpoint_every=250)
+NAMER_MIX = 0.5
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ class DefaultPipelineConfig:
     trex2: TRex2TrainConfig | None = TREX2  # the T-Rex2 candidate; None: RegionCLIP detectors only
     trex2_detect: TRex2DetectConfig = TREX2_DETECT  # how its query scores become detections
     trex2_namer: bool = False  # the teacher's region encoder names T-Rex2's boxes for text prompts (region_namer)
+    namer_tuning: RegionClipTransferConfig | None = None  # fine-tune the namer on base boxes first (None: the teacher as is)
+    namer_mix: float = 1.0  # weight of the fine-tuned image tower in the namer (1 - it: the teacher's)
     eval_images: int = 100  # EmojiWorld test images of the evaluation build
     eval_seed: int = 1  # its world seed
     eval_max_detections: int = 100  # detections per image (and COCO maxDets)
@@ -107,6 +118,10 @@ class DefaultPipelineConfig:
                 problems.append(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
         if self.pseudo_label_size < 32 or self.pseudo_label_size % 32:
             problems.append(f"pseudo label size must be a multiple of 32, got {self.pseudo_label_size}")
+        if not 0.0 <= self.namer_mix <= 1.0:
+            problems.append(f"namer mix must lie in [0, 1], got {self.namer_mix}")
+        if self.namer_tuning is not None and not (self.trex2_namer and self.trex2 is not None):
+            problems.append("namer tuning needs the T-Rex2 stage and trex2_namer")
         if self.teacher.image_size is None:
             problems.append("the teacher recipe needs an explicit image_size (its scene cache is rendered at that size)")
         if self.trex2 is not None and _vision_kind(self.teacher.card) not in ("resnet", None):
@@ -134,7 +149,8 @@ def _vision_kind(card: str) -> str | None:
 
 def default_profile() -> DefaultPipelineConfig:
     """The recipe of the shipped model: committed teacher (student8) and RPN weights, then T-Rex2 v2."""
-    return DefaultPipelineConfig(teacher_weights=STUDENT8, rpn_weights=COMMITTED_RPN, trex2_namer=True)
+    return DefaultPipelineConfig(teacher_weights=STUDENT8, rpn_weights=COMMITTED_RPN, trex2_namer=True,
+                                 namer_tuning=NAMER_TUNING, namer_mix=NAMER_MIX)
 
 
 def fast_profile() -> DefaultPipelineConfig:
@@ -168,4 +184,4 @@ def profile(name: str) -> DefaultPipelineConfig:
     return fast_profile() if name == "fast" else default_profile()
 
 
-__all__ = ["COMMITTED_RPN", "DETECTOR", "STUDENT8", "PROFILES", "RPN", "TEACHER", "TREX2", "TREX2_DETECT", "DefaultPipelineConfig", "default_profile", "fast_profile", "profile"]
+__all__ = ["COMMITTED_RPN", "DETECTOR", "NAMER_MIX", "NAMER_TUNING", "STUDENT8", "PROFILES", "RPN", "TEACHER", "TREX2", "TREX2_DETECT", "DefaultPipelineConfig", "default_profile", "fast_profile", "profile"]
