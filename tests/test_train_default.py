@@ -329,7 +329,7 @@ def test_committed_stage_weights_replace_the_teacher_and_rpn_stages(run, tmp_pat
                                       rpn_proposals=10, templates="single", steps=3, warmup_steps=1, fg_fraction=1.0,
                                       background_weight=0.0, flip=0.0, checkpoint_every=1000)
     config = replace(fast_profile(), teacher_weights=str(weights / "backbone"), rpn_weights=str(weights / "rpn"),
-                     trex2_namer=True, namer_tuning=tuning, namer_mix=0.5)
+                     trex2_namer=True, namer_tuning=tuning, namer_mix=0.5, namer_stop_step=2)
     assert set(scene_specs(config)) == {"trex2", "namer"} and scene_specs(config)["namer"] == scene_specs(config)["trex2"]
     out = tmp_path / "run"
     result = run_default_pipeline(config, out, caches_dir=run / "run" / "caches", install_to=tmp_path / "installed")
@@ -344,9 +344,10 @@ def test_committed_stage_weights_replace_the_teacher_and_rpn_stages(run, tmp_pat
     assert stages["teacher"]["weights_hash"] == backbone_hash and stages["teacher"]["recipe"]
     assert stages["rpn"]["folder"] == str(weights / "rpn")
     assert "committed weights" in result.card["description"] or result.card["evaluation"]["chosen"] == "teacher"
-    assert status["namer"].status == "ran" and "mix 0.5" in status["namer"].note
+    assert status["namer"].status == "ran" and status["namer"].note == "step 2, mix 0.5"  # stopped at step 2 of 3
     namer_card = read_json(out / "namer" / "namer" / "card.json")
     assert namer_card["training"]["mix"] == 0.5 and namer_card["training"]["initial_clip"]["weights_hash"] == backbone_hash
+    assert namer_card["training"]["steps_run"] == 2 and namer_card["training"]["recipe"]["steps"] == 3
     header = read_json(out / "candidates" / "trex2" / "detector.json")  # the tuned backbone names T-Rex2's boxes
     assert header["namer"] == "namer" and read_json(out / "candidates" / "trex2" / "namer" / "card.json")[
         "weights_hash"] == namer_card["weights_hash"] != backbone_hash

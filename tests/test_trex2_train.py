@@ -163,8 +163,8 @@ def test_init_starts_from_a_saved_detector_and_refuses_another_architecture(tmp_
     train_trex2(config, tmp_path / "first", cache_dir=cache_dir, workers=1)
     saved = TRex2.load(tmp_path / "first" / "model").state_dict()
     fresh = build_model(TRex2TrainConfig(**{**TINY, "seed": 7})).state_dict()
-    started = build_model(TRex2TrainConfig(init=str(tmp_path / "first" / "model"), **{**TINY, "seed": 7})).state_dict()
+    started = build_model(TRex2TrainConfig(**{**TINY, "seed": 7}), init=tmp_path / "first" / "model").state_dict()
     assert all(torch.equal(saved[k], started[k]) for k in saved)
     assert not all(torch.equal(saved[k], fresh[k]) for k in saved)
     with pytest.raises(RegionPromptError, match="dim 32 \\(recipe 48\\)"):
-        build_model(TRex2TrainConfig(init=str(tmp_path / "first" / "model"), **{**TINY, "dim": 48}))
+        build_model(TRex2TrainConfig(**{**TINY, "dim": 48}), init=tmp_path / "first" / "model")

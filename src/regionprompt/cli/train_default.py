@@ -52,9 +52,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--trex2-steps", type=int, default=None, help="override the T-Rex2 detector's steps")
     parser.add_argument("--student-steps", type=int, default=None, help="override the student's steps")
     parser.add_argument("--namer-steps", type=int, default=None,
-                        help="override the region namer's tuning steps on base boxes (0: the teacher names as it is)")
+                        help="the region namer's tuning schedule on base boxes, run to its end (default: 750 steps of a "
+                        "1,500-step schedule; 0: the teacher names as it is)")
     parser.add_argument("--namer-mix", type=float, default=None,
-                        help="weight of the tuned namer's image tower against the teacher's (default 0.5)")
+                        help="weight of the tuned namer's image tower against the teacher's (default 0.7)")
     parser.add_argument("--pseudo-label-scenes", type=int, default=None, help="override the pseudo-labelled scene count")
     parser.add_argument("--eval-images", type=int, default=None, help="override the evaluation build's size")
     parser.add_argument("--input-size", type=int, default=None, help="override the detector's CLIP input side")
@@ -83,8 +84,11 @@ def config_from_args(args: argparse.Namespace):
     if args.no_trex2:
         changes["trex2"] = None
         changes["namer_tuning"] = None  # the namer names T-Rex2's boxes: nothing to tune without them
+        changes["namer_stop_step"] = None
     elif args.namer_steps is not None and config.namer_tuning is not None:
+        # A schedule of that length, run to its end (no time-box stop).
         changes["namer_tuning"] = replace(config.namer_tuning, steps=args.namer_steps) if args.namer_steps > 0 else None
+        changes["namer_stop_step"] = None
     if args.namer_mix is not None:
         changes["namer_mix"] = args.namer_mix
     elif args.trex2_steps is not None and config.trex2 is not None:

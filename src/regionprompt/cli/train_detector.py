@@ -35,7 +35,7 @@ def _train_detector(args: argparse.Namespace) -> int:
     config = start_run(args, TRex2TrainConfig)
     text_cache = None if args.no_text_cache else EmbeddingCache(args.text_cache)
     result = train_trex2(config, args.out, cache_dir=args.cache, workers=args.workers, text_cache=text_cache,
-                         max_steps_this_run=args.max_steps_this_run)
+                         max_steps_this_run=args.max_steps_this_run, init=args.init)
     print_run(result, args.out)
     return 0
 
@@ -120,6 +120,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_run_options(parser, scene_cache="det-train scene cache")
     _add_common(parser)
     add_config_options(parser, TRex2TrainConfig)
+    parser.add_argument("--init", type=Path, default=None, metavar="DIR",
+                        help="start from this trained T-Rex2 model folder (fine-tuning, or continuing a finished run "
+                        "with a new schedule); its architecture options must match")
     parser.set_defaults(func=_train_detector)
 
     trex2_parse = parser.parse_known_args

@@ -375,7 +375,9 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         pseudo_label,
     )
     from regionprompt.train.clip_pretrain import train_clip
-    from regionprompt.train.namer_tuning import tuned_namer
+    from regionprompt.train.checkpointing import load_train_state
+    from regionprompt.train.loop import CHECKPOINT_FILE
+    from regionprompt.train.namer_tuning import tuned_namer, tuned_tower
     from regionprompt.train.ov_transfer import train_regionclip_detector
     from regionprompt.train.regions import train_regions
     from regionprompt.train.rpn import train_rpn
@@ -461,18 +463,29 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     namer_model = teacher_model
     if config.namer_tuning is not None:
         namer_model = paths.namer / "namer"
-        namer_key = settings_key({"recipe": config.namer_tuning, "mix": config.namer_mix,
+        stop = config.namer_stop_step
+        namer_key = settings_key({"recipe": config.namer_tuning, "mix": config.namer_mix, "stop": stop,
                                   "teacher": _weights_hash(teacher_model), "rpn": _weights_hash(rpn_model)})
 
         def tune_namer() -> str:
-            train_regionclip_detector(config.namer_tuning, paths.namer, clip=teacher_model, rpn=rpn_model,
-                                      cache_dir=paths.cache(specs["namer"]), workers=config.workers,
-                                      text_cache=EmbeddingCache(paths.embeddings))
-            tuned = load_checkpoint(paths.namer / MODEL_DIR / "clip").visual.state_dict()
+            checkpoint = paths.namer / CHECKPOINT_FILE
+            done = load_train_state(checkpoint).step if checkpoint.is_file() else 0
+            if stop is not None and done > stop:
+                raise RegionPromptError(f"{checkpoint} is at step {done}, past the namer stop step {stop}; "
+                                        "delete it or raise the stop step")
+            if stop is None or done < stop:
+                train_regionclip_detector(config.namer_tuning, paths.namer, clip=teacher_model, rpn=rpn_model,
+                                          cache_dir=paths.cache(specs["namer"]), workers=config.workers,
+                                          text_cache=EmbeddingCache(paths.embeddings),
+                                          max_steps_this_run=None if stop is None else stop - done)
+            if stop is None:
+                tuned, step = load_checkpoint(paths.namer / MODEL_DIR / "clip").visual.state_dict(), config.namer_tuning.steps
+            else:
+                tuned, step, _ = tuned_tower(checkpoint)
             record = {"stage": "region namer: RegionCLIP transfer on base boxes, mixed with the teacher",
-                      "recipe": asdict(config.namer_tuning)}
+                      "recipe": asdict(config.namer_tuning), "steps_run": step}
             tuned_namer(teacher_model, tuned, config.namer_mix, record).save(namer_model)
-            return f"{_final_loss(paths.namer)}, mix {config.namer_mix}".lstrip(", ")
+            return f"step {step}, mix {config.namer_mix}"
 
         reports.append(state.run("namer", namer_key, namer_model,
                                  lambda: (namer_model / "model.safetensors").is_file(), tune_namer))
@@ -683,7 +696,9 @@ def _namer_sentence(config: DefaultPipelineConfig) -> str:
         return ""
     tuned = ""
     if config.namer_tuning is not None:
-        tuned = (f", fine-tuned on base boxes ({config.namer_tuning.steps} steps, RegionCLIP transfer) and mixed "
+        steps = config.namer_stop_step or config.namer_tuning.steps
+        tuned = (f", fine-tuned on base boxes ({steps} steps of batch {config.namer_tuning.batch_size}, RegionCLIP "
+                 f"transfer) and mixed "
                  f"{config.namer_mix:g} : {1 - config.namer_mix:g} with the teacher in weight space")
     return f" Text-prompted boxes are named by the teacher's region encoder (RegionCLIP region namer{tuned})."
 
@@ -697,8 +712,8 @@ def _stage_records(paths: PipelinePaths, candidates: Mapping[str, Path], teacher
     if "trex2" in candidates:
         records["trex2"] = read_json(paths.trex2 / RECIPE_FILE)
         if config.namer_tuning is not None:
-            records["namer"] = {**read_json(paths.namer / RECIPE_FILE), "mix": config.namer_mix,
-                                "weights_hash": _weights_hash(paths.namer / "namer")}
+            records["namer"] = {**read_json(paths.namer / "namer" / "card.json").get("training", {}),
+                                "mix": config.namer_mix, "weights_hash": _weights_hash(paths.namer / "namer")}
     if "student" in candidates:
         records["student"] = read_json(paths.student / RECIPE_FILE)
         meta = read_json(paths.pseudo_labels / "meta.json")

@@ -68,7 +68,10 @@ TREX2_DETECT = TRex2DetectConfig()
 NAMER_TUNING = RegionClipTransferConfig(image_size=224, rpn_proposals=50, rois_per_image=16, fg_fraction=1.0,
                                         background_weight=0.0, steps=1500, warmup_steps=100, lr=1e-4,
                                         checkpoint_every=250)
-NAMER_MIX = 0.5
+NAMER_MIX = 0.7
+#: Where the namer's tuning stops on its 1,500-step schedule: a time box (the run shares a 2-core CPU);
+#: ``None`` runs the whole schedule. A later run with a larger value resumes from the checkpoint.
+NAMER_STOP_STEP = 750
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class DefaultPipelineConfig:
     trex2_namer: bool = False  # the teacher's region encoder names T-Rex2's boxes for text prompts (region_namer)
     namer_tuning: RegionClipTransferConfig | None = None  # fine-tune the namer on base boxes first (None: the teacher as is)
     namer_mix: float = 1.0  # weight of the fine-tuned image tower in the namer (1 - it: the teacher's)
+    namer_stop_step: int | None = None  # stop the namer's tuning at this step of its schedule (None: run it all)
     eval_images: int = 100  # EmojiWorld test images of the evaluation build
     eval_seed: int = 1  # its world seed
     eval_max_detections: int = 100  # detections per image (and COCO maxDets)
@@ -120,6 +124,9 @@ class DefaultPipelineConfig:
             problems.append(f"pseudo label size must be a multiple of 32, got {self.pseudo_label_size}")
         if not 0.0 <= self.namer_mix <= 1.0:
             problems.append(f"namer mix must lie in [0, 1], got {self.namer_mix}")
+        if self.namer_stop_step is not None and not (
+                self.namer_tuning is not None and 1 <= self.namer_stop_step <= self.namer_tuning.steps):
+            problems.append(f"namer stop step must lie in [1, namer tuning steps], got {self.namer_stop_step}")
         if self.namer_tuning is not None and not (self.trex2_namer and self.trex2 is not None):
             problems.append("namer tuning needs the T-Rex2 stage and trex2_namer")
         if self.teacher.image_size is None:
@@ -150,7 +157,7 @@ def _vision_kind(card: str) -> str | None:
 def default_profile() -> DefaultPipelineConfig:
     """The recipe of the shipped model: committed teacher (student8) and RPN weights, then T-Rex2 v2."""
     return DefaultPipelineConfig(teacher_weights=STUDENT8, rpn_weights=COMMITTED_RPN, trex2_namer=True,
-                                 namer_tuning=NAMER_TUNING, namer_mix=NAMER_MIX)
+                                 namer_tuning=NAMER_TUNING, namer_mix=NAMER_MIX, namer_stop_step=NAMER_STOP_STEP)
 
 
 def fast_profile() -> DefaultPipelineConfig:
@@ -184,4 +191,4 @@ def profile(name: str) -> DefaultPipelineConfig:
     return fast_profile() if name == "fast" else default_profile()
 
 
-__all__ = ["COMMITTED_RPN", "DETECTOR", "NAMER_MIX", "NAMER_TUNING", "STUDENT8", "PROFILES", "RPN", "TEACHER", "TREX2", "TREX2_DETECT", "DefaultPipelineConfig", "default_profile", "fast_profile", "profile"]
+__all__ = ["COMMITTED_RPN", "DETECTOR", "NAMER_MIX", "NAMER_STOP_STEP", "NAMER_TUNING", "STUDENT8", "PROFILES", "RPN", "TEACHER", "TREX2", "TREX2_DETECT", "DefaultPipelineConfig", "default_profile", "fast_profile", "profile"]

@@ -33,7 +33,7 @@ from torchvision.ops import box_convert
 from regionprompt.errors import DatasetError, RegionPromptError
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.augment import augment_batch
-from regionprompt.train.finalize import save_final_model
+from regionprompt.train.finalize import MODEL_DIR, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
@@ -99,9 +99,6 @@ class TRex2TrainConfig:
     amp: bool = False  # bfloat16 autocast of the forward pass (CPUs with AVX512-BF16 / AMX)
     seed: int = 0  # model init, batch order, prompt sampling
     checkpoint_every: int = 200
-    # A trained T-Rex2 model folder whose weights start this run (fine-tuning, or continuing a finished
-    # run with a new schedule); its architecture must equal this recipe's. "" = heads from ``seed``.
-    init: str = ""
 
     def __post_init__(self) -> None:
         if not self.cycle or set(self.cycle) - set(KINDS):
@@ -142,12 +139,14 @@ def load_backbone(spec: str, seed: int) -> RegionPromptCLIP:
     return RegionPromptCLIP(load_card(spec))
 
 
-def build_model(config: TRex2TrainConfig) -> TRex2:
+def build_model(config: TRex2TrainConfig, init: str | Path | None = None) -> TRex2:
+    """A T-Rex2 of ``config``: heads from ``seed``, or the weights of the trained model folder ``init``
+    (fine-tuning, or continuing a finished run with a new schedule; same architecture)."""
     clip = load_backbone(config.clip, config.seed)
     torch.manual_seed(config.seed)
     model = TRex2(config.card(clip), clip)
-    if config.init:
-        _load_init(model, Path(config.init))
+    if init:
+        _load_init(model, Path(init))
     model.freeze_backbone_stages(config.frozen_stages)
     return model
 
@@ -409,10 +408,16 @@ def text_table(model: TRex2, concept_ids: list[int], cache: EmbeddingCache | Non
 
 def train_trex2(config: TRex2TrainConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
                 workers: int = 2, text_cache: EmbeddingCache | None = None, log_every: int = 10,
-                max_steps_this_run: int | None = None) -> LoopResult:
-    """Train (or resume) a T-Rex2 detector; the final model is saved to ``out_dir/model``."""
+                max_steps_this_run: int | None = None, init: str | Path | None = None) -> LoopResult:
+    """Train (or resume) a T-Rex2 detector; the final model is saved to ``out_dir/model``.
+
+    ``init``: a trained T-Rex2 model folder to start from (see :func:`build_model`); recorded with the
+    recipe, so a run is never resumed from another start.
+    """
     out = Path(out_dir)
-    model = build_model(config)
+    model = build_model(config, init)
+    # Only set when used: runs without it keep the run info (and settings keys) they always had.
+    recipe = {**asdict(config), **({"init": str(init)} if init else {})}
     spec = SceneCacheSpec("det-train", config.world_seed, config.num_scenes, config.image_size)
     cache = build_scene_cache(spec, Path(cache_dir or out / "scene_cache"), workers=workers)
     batches = SceneBatches(cache, config.batch_size, config.seed, paired=config.paired_batches,
@@ -445,11 +450,13 @@ def train_trex2(config: TRex2TrainConfig, out_dir: str | Path, *, cache_dir: str
         out_dir=out, model=model, optimizer=optimizer, scheduler=scheduler, total_steps=config.steps,
         step_fn=step_fn, checkpoint_every=config.checkpoint_every, log_every=log_every,
         desc=f"train trex2 ({model.card.clip.name})", samples_per_step=config.batch_size,
-        run_info=asdict(config), max_steps_this_run=max_steps_this_run,
+        run_info=recipe, max_steps_this_run=max_steps_this_run,
     )
+    if result.finished and result.resumed_from == config.steps and (out / MODEL_DIR / "card.json").is_file():
+        return result  # saved when it finished; saving again would record this call's empty loss and wall time
     if result.finished:
         training = {
-            "recipe": asdict(config),
+            "recipe": recipe,
             "data": f"EmojiWorld det-train, {config.num_scenes} scenes at {config.image_size} px, seed {config.world_seed}",
             "backbone": config.clip,
             "final_loss": result.metrics.get("loss"),
