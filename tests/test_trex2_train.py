@@ -109,6 +109,9 @@ def test_resume_matches_uninterrupted_run_and_saved_model_reloads(tmp_path, cach
     assert not partial.finished
     resumed = train_trex2(config, tmp_path / "resumed", cache_dir=cache_dir, workers=1)
     assert resumed.resumed_from == 3 and resumed.finished
+    card = (tmp_path / "resumed" / "model" / "card.json").read_text()
+    again = train_trex2(config, tmp_path / "resumed", cache_dir=cache_dir, workers=1)  # finished: nothing to do
+    assert again.finished and (tmp_path / "resumed" / "model" / "card.json").read_text() == card
     a = TRex2.load(tmp_path / "straight" / "model")
     b = TRex2.load(tmp_path / "resumed" / "model")
     sa, sb = a.state_dict(), b.state_dict()
