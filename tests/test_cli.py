@@ -53,3 +53,22 @@ def test_help_and_version_import_no_model_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("NO-TORCH"), out.stdout[-500:]
     assert "invalid choice: 'nonsense'" in out.stderr
+
+
+def test_detect_imports_only_what_detection_needs():
+    """`regionprompt detect` (its command module and the API) imports no training, serving or extra
+    model code: open_clip's own models with timm, transformers (loaded only when MiniLM embeds text the
+    cache lacks), spaCy, FastAPI, scipy, evaluation. Counted by modules, not timed."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nimport regionprompt.cli.detect, regionprompt.api\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules = set(json.loads(out.stdout))
+    heavy = {"timm", "transformers", "open_clip.factory", "open_clip.coca_model", "spacy", "fastapi", "scipy",
+             "faster_coco_eval", "regionprompt.server", "regionprompt.train.clip_pretrain", "regionprompt.eval"}
+    assert not heavy & modules
+    # torch and torchvision alone are ~2,300 modules; open_clip's whole package added ~500 more.
+    assert len(modules) < 2600, len(modules)
