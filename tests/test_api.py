@@ -228,3 +228,12 @@ def test_detections_clip_boxes_to_the_image():
     dets = Detections(torch.tensor([[-19.7, 92.8, 231.7, 264.8]]), torch.tensor([0.9]), torch.tensor([0]), ("cat",),
                       (200, 250))
     assert dets.boxes.tolist() == [[0.0, pytest.approx(92.8), 200.0, 250.0]]
+
+
+def test_default_model_dir_follows_the_environment(monkeypatch, tmp_path):
+    from regionprompt.api import DEFAULT_MODEL_ENV, default_model_dir
+
+    monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
+    assert default_model_dir().parts[-2:] == ("models", "default")
+    monkeypatch.setenv(DEFAULT_MODEL_ENV, str(tmp_path))
+    assert default_model_dir() == tmp_path

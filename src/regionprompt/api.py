@@ -90,8 +90,16 @@ BACKGROUND_KEY = "background"  # its tensor's name in that file
 DEFAULT_VISUAL_LABEL = "object"
 
 
+DEFAULT_MODEL_ENV = "REGIONPROMPT_DEFAULT_MODEL"
+
+
 def default_model_dir() -> Path:
-    """Where ``Detector.load("default")`` looks: ``models/default`` inside the installed package."""
+    """Where ``Detector.load("default")`` looks: ``$REGIONPROMPT_DEFAULT_MODEL`` when set (a detector folder
+    that then serves every ``"default"`` / command without ``--model``), else ``models/default`` inside the
+    installed package."""
+    override = os.environ.get(DEFAULT_MODEL_ENV)
+    if override:
+        return Path(override).expanduser()
     return Path(str(resources.files("regionprompt"))) / "models" / "default"
 
 

@@ -6,6 +6,7 @@ Also holds the prompt options shared with ``regionprompt label`` (:func:`add_pro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
 
 def load_detector(args: argparse.Namespace) -> Any:
     """The :class:`~regionprompt.api.Detector` the options name (with its concept library)."""
-    from regionprompt.api import Detector
+    from regionprompt.api import DEFAULT_MODEL_ENV, Detector
 
     library = None
     if args.concepts_db is not None or args.concept:
@@ -72,7 +73,7 @@ def load_detector(args: argparse.Namespace) -> Any:
 
         library = ConceptLibrary(args.concepts_db)
     cache = None if args.cache == "none" else args.cache
-    if str(args.model) == "default":
+    if str(args.model) == "default" and not os.environ.get(DEFAULT_MODEL_ENV):
         # Said once per command, on stderr (JSON and dataset outputs stay clean): the shipped model's scope.
         print("note: the default model knows EmojiWorld's 1,177 emoji concepts only, not real photos; "
               "use --model with real weights for photos (README, 'What the shipped model knows')", file=sys.stderr)
