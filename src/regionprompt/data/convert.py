@@ -22,7 +22,7 @@ from regionprompt.data.coco import parse_coco, read_coco, write_coco
 from regionprompt.data.files import ImageMode, place_image, read_json
 from regionprompt.data.model import Category, DetectionDataset
 from regionprompt.data.validate import ProblemKind, ReportBuilder, ValidationReport
-from regionprompt.data.yolo import distinct_splits, image_root_of, read_data_yaml, read_yolo, write_yolo
+from regionprompt.data.yolo import image_root_of, read_data_yaml, read_yolo, write_yolo
 from regionprompt.errors import DatasetError
 from regionprompt.logging_utils import get_logger, progress
 
@@ -126,7 +126,7 @@ def read_source(
         result = read_coco(src, image_dir=images, skip_invalid=skip_invalid)
         return [SplitSource(name, result.data, images, result.report)]
     config = read_data_yaml(src)
-    keys = [split] if split else distinct_splits(config)
+    keys = [split] if split else config.distinct_splits()
     if not keys:
         raise DatasetError(f"{config.yaml_path}: no train/val/test split listed; pass a split name")
     out = []

@@ -66,6 +66,17 @@ class YoloConfig:
     categories: tuple[Category, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def distinct_splits(self) -> list[str]:
+        """The split keys in order, less those naming the same folders as an earlier one (a ``val``
+        that repeats ``train`` because the dataset has no validation split)."""
+        seen: set[tuple[Path, ...]] = set()
+        keys = []
+        for key, dirs in self.splits.items():
+            if tuple(dirs) not in seen:
+                seen.add(tuple(dirs))
+                keys.append(key)
+        return keys
+
     def image_dirs(self, split: str) -> tuple[Path, ...]:
         """Image folders of ``split``: a key of ``data.yaml``, else a folder name under ``root/images``."""
         if split in self.splits:
@@ -372,18 +383,6 @@ def _relative_to(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def distinct_splits(config: YoloConfig) -> list[str]:
-    """The split keys of ``data.yaml`` in order, less those naming the same folders as an earlier one
-    (a ``val`` that repeats ``train`` because no validation split exists)."""
-    seen: set[tuple[Path, ...]] = set()
-    keys = []
-    for key, dirs in config.splits.items():
-        if tuple(dirs) not in seen:
-            seen.add(tuple(dirs))
-            keys.append(key)
-    return keys
-
-
 def write_data_yaml(root: Path, split: str, categories: Sequence[Category]) -> Path:
     """Create or update ``root/data.yaml`` with ``split`` -> ``images/<split>``; an existing file must
     have the same names (its other keys and splits are kept). Without a ``val`` split, ``val`` names the
@@ -403,7 +402,7 @@ def write_data_yaml(root: Path, split: str, categories: Sequence[Category]) -> P
     data[split_key(split)] = f"images/{split}"
     if "val" not in data:
         # Ultralytics requires `val`; with no validation split written, it names the same images as the
-        # split that was (train first). Readers that list splits skip a repeated folder (`distinct_splits`).
+        # split that was (train first). Readers that list splits skip a repeated folder (`YoloConfig.distinct_splits`).
         data["val"] = next(data[k] for k in (*SPLIT_KEYS, split_key(split)) if k in data)
     data["names"] = names
     # Splits in a fixed order so that rewriting gives the same bytes whatever order splits were added in.
