@@ -489,7 +489,9 @@ def read_detector_header(folder: Path) -> dict[str, Any]:
     """
     header_path = folder / DETECTOR_FILE
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such detector folder (expected {DETECTOR_FILE} and the model folders)")
+        raise CheckpointError(f"{folder}: no such detector folder (expected {DETECTOR_FILE} and the model folders); "
+                              "give 'default' (the shipped model) or a detector folder such as runs/trex2/model: "
+                              "models are read from local folders, names such as 'yolov8n' are not downloaded")
     if not header_path.is_file():
         raise CheckpointError(f"{folder}: not a detector folder (no {DETECTOR_FILE})")
     try:

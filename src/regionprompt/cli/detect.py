@@ -132,7 +132,17 @@ def _output_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def check_files_exist(paths: list[Path]) -> None:
+    """Refuse at once (before the model loads) an IMAGE or --box-image path that does not exist: a
+    typo is a usage error (``error: ...``, exit status 2). Files that exist but cannot be read are
+    skipped during the run and reported (exit status 1)."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ImageLoadError(f"no such file: {', '.join(missing[:5])}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+
+
 def run(args: argparse.Namespace) -> int:
+    check_files_exist([*args.images, *([args.box_image] if args.box_image else [])])
     if not has_prompts(args):
         raise PromptError("no prompt given: use --text, --box, --point or --concept")
     detector = load_detector(args)
