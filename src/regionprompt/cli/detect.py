@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from regionprompt.data.files import atomic_write, atomic_write_text
+from regionprompt.draw import draw_prompts
 from regionprompt.errors import ImageLoadError, PromptError
 from regionprompt.images import load_image
 from regionprompt.logging_utils import progress
@@ -106,7 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="detect objects from text / box / point prompts; write annotated images and JSON",
         description=(
             "Find what the prompts describe in each IMAGE and write OUT/<name>.png (boxes, names, scores drawn) "
-            "and OUT/<name>.json (image size, prompts, detections: box [x1, y1, x2, y2] pixels, score, name). "
+            "and OUT/<name>.json (image size, prompts, detections: box [x1, y1, x2, y2] pixels, score, name); "
+            "on the image they were drawn on, the prompt boxes and points are drawn too (white; negatives red). "
             "Boxes and points are drawn on --box-image, or on the first IMAGE when it is not given; they then "
             "find more of the same in every IMAGE."
         ),
@@ -166,7 +168,11 @@ def run(args: argparse.Namespace) -> int:
                                    threshold=args.threshold, one_label_per_box=args.one_label_per_box, **kwargs)
         for (i, image), dets in zip(loaded, results):
             stem = stems[i]
-            atomic_write(args.out / f"{stem}.png", lambda tmp, d=dets, im=image: d.plot(im.image).save(tmp, format="PNG"))
+            drawn = dets.plot(image.image)
+            if prompt_image is not None and Path(args.images[i]).resolve() == Path(prompt_image).resolve():
+                draw_prompts(drawn, [b["box"] for b in kwargs["boxes"] or []], [p["point"] for p in kwargs["points"] or []],
+                             [n["box"] for n in kwargs["negatives"] or [] if isinstance(n, dict)])
+            atomic_write(args.out / f"{stem}.png", lambda tmp, d=drawn: d.save(tmp, format="PNG"))
             atomic_write_text(args.out / f"{stem}.json", dets.to_json() + "\n")
             counts: dict[str, int] = {}
             for name in dets.label_names:
