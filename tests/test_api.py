@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import regionprompt
 from regionprompt.api import DETECTOR_FILE, Detector, build_prompts
 from regionprompt.concept import PromptConcept
 from regionprompt.concepts.library import ConceptLibrary
-from regionprompt.errors import CheckpointError, PromptError, RegionPromptError
+from regionprompt.errors import CheckpointError, ImageLoadError, PromptError, RegionPromptError
 from regionprompt.prompts import BoxPrompt, TextPrompt
 from regionprompt.results import Detections
 
@@ -228,3 +229,65 @@ def test_detections_clip_boxes_to_the_image():
     dets = Detections(torch.tensor([[-19.7, 92.8, 231.7, 264.8]]), torch.tensor([0.9]), torch.tensor([0]), ("cat",),
                       (200, 250))
     assert dets.boxes.tolist() == [[0.0, pytest.approx(92.8), 200.0, 250.0]]
+
+
+def test_default_model_dir_follows_the_environment(monkeypatch, tmp_path):
+    from regionprompt.api import DEFAULT_MODEL_ENV, default_model_dir
+
+    monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
+    assert default_model_dir().parts[-2:] == ("models", "default")
+    monkeypatch.setenv(DEFAULT_MODEL_ENV, str(tmp_path))
+    assert default_model_dir() == tmp_path
+
+
+def test_sources_folder_glob_and_list_and_the_field_names_of_other_libraries(detector, scenes, tmp_path):
+    for i, scene in enumerate(scenes):
+        scene.image.save(tmp_path / f"s{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    by_folder = detector.predict(tmp_path, text="dog", threshold=0.0)
+    by_glob = detector.predict(str(tmp_path / "s*.png"), text="dog", threshold=0.0)
+    by_list = detector.predict([tmp_path / "s0.png", str(tmp_path / "s[12].png")], text="dog", threshold=0.0)
+    for results in (by_folder, by_glob, by_list):
+        assert [Path(d.image_name).name for d in results] == ["s0.png", "s1.png", "s2.png"]
+    with pytest.raises(ImageLoadError, match="no image files match"):
+        detector.predict(str(tmp_path / "*.jpg"), text="dog")
+    [plain] = detector.predict(tmp_path / "s0.png", text="dog, cat", threshold=0.1)
+    [aliased] = detector.predict(tmp_path / "s0.png", candidate_labels=["dog", "cat"], conf=0.1)
+    assert torch.equal(plain.boxes, aliased.boxes) and plain.names == aliased.names
+    [capped] = detector.predict(tmp_path / "s0.png", text="dog, cat", conf=0.0, max_det=2, iou=0.3)
+    assert len(capped) <= 2
+    with pytest.raises(PromptError, match="threshold= or its alias conf="):
+        detector.predict(tmp_path / "s0.png", text="dog", threshold=0.1, conf=0.2)
+
+
+def test_detections_read_like_other_libraries(detector, scenes, tmp_path):
+    scenes[0].image.save(tmp_path / "s0.png")
+    [dets] = detector.predict(tmp_path / "s0.png", text="dog, cat", threshold=0.0)
+    assert len(dets) > 3
+    assert dets.xyxy is dets.boxes and dets.conf is dets.scores and dets.cls is dets.labels
+    assert torch.allclose(dets.xyxyn * 128, dets.boxes) and float(dets.xyxyn.max()) <= 1
+    text = repr(dets)
+    assert len(text) < 200 and text.startswith(f"Detections({len(dets)} boxes on ") and "names: dog, cat" in text
+    hf = dets.to_hf()
+    assert set(hf[0]) == {"score", "label", "box"} and set(hf[0]["box"]) == {"xmin", "ymin", "xmax", "ymax"}
+    assert hf[0]["score"] == pytest.approx(float(dets.scores.max()), abs=1e-5) and hf[0]["label"] in ("dog", "cat")
+    assert dets.plot().size == (128, 128)  # the image is read again from image_name
+    with pytest.raises(RegionPromptError, match="plot\\(\\) needs the image"):
+        detector.predict(scenes[0].image, text="dog")[0].plot()
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        with pytest.raises(RegionPromptError, match="needs pandas"):
+            dets.to_pandas()
+    else:
+        frame = dets.to_pandas()
+        assert list(frame.columns) == ["xmin", "ymin", "xmax", "ymax", "confidence", "class", "name"] and len(frame) == len(dets)
+
+
+def test_concept_short_repr_save_and_load(detector, scenes, tmp_path):
+    concept = detector.make_concept("dog", text="dog", negatives=["cat"])
+    text = repr(concept)
+    assert text == f"PromptConcept(name='dog', dim={concept.dim}, negatives=1, model_hash='{concept.model_hash[:12]}', sources: text, text)"
+    path = concept.save(tmp_path / "dog.safetensors")
+    back = PromptConcept.load(path)
+    assert back.name == "dog" and torch.equal(back.embedding, concept.embedding) and back.model_hash == concept.model_hash

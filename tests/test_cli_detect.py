@@ -185,3 +185,17 @@ def test_default_model_states_its_scope(images, tmp_path, capsys):
     assert rc == 0
     err = capsys.readouterr().err
     assert "knows EmojiWorld" in err and "not real photos" in err
+
+
+def test_detect_draws_the_prompts_on_the_image_they_were_drawn_on(folder, images, tmp_path):
+    out = tmp_path / "out"
+    first = images / "scene_0.png"
+    rc = main(["detect", str(first), "--box", "10,10,60,60", "--point", "90,90", "--negative-box", "70,5,120,40",
+               "--model", str(folder), "--out", str(out), *COMMON])
+    assert rc == 0
+    with Image.open(out / "scene_0.png") as annotated:
+        pixels = annotated.convert("RGB")
+        assert pixels.getpixel((10, 35)) == (255, 255, 255)  # the exemplar box, white over black
+        assert pixels.getpixel((12, 35)) == (0, 0, 0)  # (PIL draws outlines inwards)
+        assert pixels.getpixel((70, 20)) == (220, 30, 30)  # the negative box, red
+        assert pixels.getpixel((90, 90)) == (255, 255, 255)  # the point

@@ -154,3 +154,22 @@ def test_coco128_labels_reproduce_official_coco_boxes(shared_data: Path, coco_va
         for ann in expected:
             errors = [max(abs(p - q) for p, q in zip(ann.xyxy, other.xyxy)) for other in got if other.category_id == ann.category_id]
             assert errors and min(errors) < 0.01, (name, ann.id)
+
+
+def test_data_yaml_always_has_val_and_readers_skip_the_repeat(shared_data: Path, coco_val: DetectionDataset,
+                                                              tmp_path: Path) -> None:
+    """Ultralytics requires `val:`; a dataset with one split names its images there too, and converting
+    the folder back reads those images once."""
+    from regionprompt.data.convert import read_source
+    from regionprompt.data.yolo import read_data_yaml
+
+    small = DetectionDataset(coco_val.images[:3], tuple(a for a in coco_val.annotations if a.image_id in
+                                                        {i.id for i in coco_val.images[:3]}), coco_val.categories)
+    write_yolo(small, tmp_path / "y", split="train", image_dir=shared_data / "coco_mini" / "val2017")
+    data = yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())
+    assert data["train"] == data["val"] == "images/train"
+    assert read_data_yaml(tmp_path / "y").distinct_splits() == ["train"]
+    [source] = read_source(tmp_path / "y", "yolo")
+    assert len(source.dataset.images) == 3
+    write_yolo(small, tmp_path / "y", split="val", images="none")  # a real val split replaces the stand-in
+    assert yaml.safe_load((tmp_path / "y" / "data.yaml").read_text())["val"] == "images/val"

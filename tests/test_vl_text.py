@@ -129,3 +129,18 @@ def test_changing_the_projection_invalidates_cached_prompts(encoder: LockedTextE
 def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RegionPromptError, match="no all-MiniLM-L6-v2 weights"):
         LockedTextEncoder(model_dir=tmp_path)
+
+
+def test_the_language_model_loads_on_first_use():
+    """Building the locked text encoder (and hashing it) reads no language model: a detector whose phrases
+    are all in the embedding cache never imports transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport torch\nfrom regionprompt.vl.text import LockedTextEncoder\n"
+            "encoder = LockedTextEncoder().to(torch.float64)\nencoder.weights_hash()\n"
+            "print('transformers' in sys.modules)\n"
+            "features = encoder.lm_features(['a dog'])\n"
+            "print('transformers' in sys.modules, features.shape[1] == encoder.lm_dim, encoder.language_model.dtype)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "False" and out[1] == "True True torch.float64", out

@@ -90,8 +90,16 @@ BACKGROUND_KEY = "background"  # its tensor's name in that file
 DEFAULT_VISUAL_LABEL = "object"
 
 
+DEFAULT_MODEL_ENV = "REGIONPROMPT_DEFAULT_MODEL"
+
+
 def default_model_dir() -> Path:
-    """Where ``Detector.load("default")`` looks: ``models/default`` inside the installed package."""
+    """Where ``Detector.load("default")`` looks: ``$REGIONPROMPT_DEFAULT_MODEL`` when set (a detector folder
+    that then serves every ``"default"`` / command without ``--model``), else ``models/default`` inside the
+    installed package."""
+    override = os.environ.get(DEFAULT_MODEL_ENV)
+    if override:
+        return Path(override).expanduser()
     return Path(str(resources.files("regionprompt"))) / "models" / "default"
 
 
@@ -181,15 +189,25 @@ def build_prompts(text: str | Sequence[str | TextPrompt] | None = None, *, boxes
     return prompts
 
 
+def _alias(value: Any, alias: Any, name: str, alias_name: str) -> Any:
+    """``value``, or ``alias`` when only the alias was given (``predict(conf=0.3)`` for ``threshold=0.3``)."""
+    if alias is None:
+        return value
+    if value is not None:
+        raise PromptError(f"give {name}= or its alias {alias_name}=, not both")
+    return alias
+
+
 def _as_image_list(images: Any) -> list[Any]:
-    """One image source -> ``[it]``; a list/tuple or a 4-d array/tensor (a batch) -> its items."""
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise PromptError("no image given")
-        return list(images)
+    """One image source -> ``[it]``; a list/tuple or a 4-d array/tensor (a batch) -> its items; a folder
+    or a glob pattern -> its image files (:func:`~regionprompt.images.expand_image_sources`)."""
+    from regionprompt.images import expand_image_sources
+
+    if isinstance(images, (list, tuple)) and not images:
+        raise PromptError("no image given")
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         return [image for image in images]
-    return [images]
+    return expand_image_sources(images)
 
 
 class Detector:
@@ -407,7 +425,9 @@ class Detector:
                 points: Any = None, prompt_images: Any = None, negatives: Any = None,
                 concepts: Sequence[PromptConcept | str] | PromptConcept | str | None = None,
                 proposals: Sequence[Any] | None = None, threshold: float | None = None,
-                visual_label: str = DEFAULT_VISUAL_LABEL, one_label_per_box: bool = False) -> list[Detections]:
+                visual_label: str = DEFAULT_VISUAL_LABEL, one_label_per_box: bool = False,
+                conf: float | None = None, iou: float | None = None, max_det: int | None = None,
+                candidate_labels: str | Sequence[str] | None = None) -> list[Detections]:
         """Detect what the prompts describe.
 
         Args:
@@ -429,12 +449,19 @@ class Detector:
             visual_label: the category name of unlabelled boxes and points.
             one_label_per_box: class-agnostic NMS (IoU above the detector's ``nms_iou``): an object found
                 under several prompts keeps only its best label (what auto-labelling wants).
+            conf, iou, max_det: the names ultralytics uses: ``conf`` is ``threshold``; ``iou`` and
+                ``max_det`` set this call's ``nms_iou`` and ``max_detections`` (:meth:`reconfigure`).
+            candidate_labels: the name Hugging Face's zero-shot detection pipeline uses for ``text``.
         Returns:
             One :class:`Detections` per image, in order.
         Raises:
             PromptError: no prompt, an empty phrase, a box outside its image, an unknown concept or one
                 made by another model.
         """
+        threshold = _alias(threshold, conf, "threshold", "conf")
+        text = _alias(text, candidate_labels, "text", "candidate_labels")
+        changes = {key: value for key, value in (("nms_iou", iou), ("max_detections", max_det)) if value is not None}
+        detector = self.reconfigure(**changes) if changes else self
         if threshold is None:
             threshold = self.default_threshold
         if not 0 <= threshold <= 1:
@@ -451,10 +478,10 @@ class Detector:
         if not isinstance(one_label_per_box, bool):
             raise PromptError(f"one_label_per_box must be True or False, got {one_label_per_box!r}")
         categories = group_prompts(prompts) if positives else []
-        found = self.engine.detect(_as_image_list(images), categories, resolved, proposals=proposals,
-                                   threshold=threshold)
+        found = detector.engine.detect(_as_image_list(images), categories, resolved, proposals=proposals,
+                                       threshold=threshold)
         if one_label_per_box:
-            found = [d.nms(self.config.nms_iou, per_class=False) for d in found]
+            found = [d.nms(detector.config.nms_iou, per_class=False) for d in found]
         return found
 
     __call__ = predict
@@ -481,7 +508,9 @@ def read_detector_header(folder: Path) -> dict[str, Any]:
     """
     header_path = folder / DETECTOR_FILE
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such detector folder (expected {DETECTOR_FILE} and the model folders)")
+        raise CheckpointError(f"{folder}: no such detector folder (expected {DETECTOR_FILE} and the model folders); "
+                              "give 'default' (the shipped model) or a detector folder such as runs/trex2/model: "
+                              "models are read from local folders, names such as 'yolov8n' are not downloaded")
     if not header_path.is_file():
         raise CheckpointError(f"{folder}: not a detector folder (no {DETECTOR_FILE})")
     try:

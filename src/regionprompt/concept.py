@@ -8,7 +8,9 @@ detectors refuse concepts of another model.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,9 +46,33 @@ class PromptConcept:
             raise PromptError(f"concept {self.name!r}: negatives must be (M, {self.embedding.shape[0]}), "
                               f"got {tuple(self.negatives.shape)}")
 
+    def __repr__(self) -> str:
+        """One line (the embedding's floats are no summary)."""
+        kinds = ", ".join(str(s.get("kind", "?")) for s in self.sources) or "no sources"
+        return (f"PromptConcept(name={self.name!r}, dim={self.dim}, negatives={len(self.negatives)}, "
+                f"model_hash={self.model_hash[:12]!r}, sources: {kinds})")
+
     @property
     def dim(self) -> int:
         return int(self.embedding.shape[0])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this concept to a ``.safetensors`` concept file (what ``regionprompt concept export``
+        writes; :func:`regionprompt.concepts.files.save_concept`); returns the path."""
+        from regionprompt.concepts.files import save_concept
+
+        return save_concept(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PromptConcept:
+        """Read a concept file (``save``, ``concept export``, the server's download).
+
+        Raises:
+            ConceptFileError: missing, unreadable, corrupt or not a concept file.
+        """
+        from regionprompt.concepts.files import load_concept
+
+        return load_concept(path)
 
     def check_model(self, model_hash: str) -> None:
         """Refuse use with a model other than the one that made this concept."""

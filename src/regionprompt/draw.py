@@ -48,3 +48,16 @@ def draw_boxes(
         draw.rectangle((box[0], y, box[0] + (right - left) + 4, y + (bottom - top) + 2), fill=color)
         draw.text((box[0] + 2, y), caption, fill=(255, 255, 255), font=font)
     return canvas
+
+
+def draw_prompts(image: Image.Image, boxes: Sequence[Sequence[float]] = (), points: Sequence[Sequence[float]] = (),
+                 negative_boxes: Sequence[Sequence[float]] = ()) -> Image.Image:
+    """Draw exemplar prompts on ``image`` in place (and return it): boxes and points white over black,
+    negative boxes red over black, unlike any detection colour. Coordinates: absolute pixels."""
+    draw = ImageDraw.Draw(image)
+    for box, colour in [*((b, (255, 255, 255)) for b in boxes), *((b, (220, 30, 30)) for b in negative_boxes)]:
+        draw.rectangle([float(v) for v in box], outline=(0, 0, 0), width=4)
+        draw.rectangle([float(v) for v in box], outline=colour, width=2)
+    for x, y in points:
+        draw.ellipse((x - 5, y - 5, x + 5, y + 5), fill=(255, 255, 255), outline=(0, 0, 0), width=2)
+    return image

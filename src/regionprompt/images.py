@@ -194,3 +194,37 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> ``(3, H, W)`` float32 tensor in ``[0, 1]``."""
     array = np.asarray(image.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div_(255.0)
+
+
+def expand_image_sources(source: Any) -> list[Any]:
+    """One ``predict`` image argument -> single image sources, in order.
+
+    A folder gives its image files (sorted by name, not recursive; suffixes as
+    :data:`regionprompt.data.files.IMAGE_SUFFIXES`); a string with ``*``, ``?`` or ``[`` that is not
+    an existing file is a glob pattern (``"photos/**/*.jpg"``: ``**`` recurses) giving its image
+    files, sorted; a list or tuple gives each item expanded; anything else (a file path, bytes, a PIL
+    image, an array or tensor) is one image.
+
+    Raises:
+        ImageLoadError: a folder or pattern without image files.
+    """
+    from glob import glob
+
+    from regionprompt.data.files import IMAGE_SUFFIXES
+
+    if isinstance(source, (list, tuple)):
+        return [item for part in source for item in expand_image_sources(part)]
+    if not isinstance(source, (str, os.PathLike)):
+        return [source]
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise ImageLoadError(f"{path}: a folder without image files ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if isinstance(source, str) and any(c in source for c in "*?[") and not path.exists():
+        files = sorted(Path(p) for p in glob(source, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ImageLoadError(f"{source}: no image files match this pattern")
+        return files
+    return [source]

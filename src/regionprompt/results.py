@@ -8,6 +8,7 @@ tensor or a slice returns a new :class:`Detections` (detectron2's ``Instances`` 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,10 @@ class Detections:
         image_wh: ``(width, height)`` of the searched image.
         prompts: optional prompt categories parallel to ``names``: what each label was asked with.
         image_name: where the image came from (path or description).
+
+    The names other detection libraries use read the same data: ``xyxy`` (= ``boxes``), ``xyxyn``
+    (normalised by the image size), ``conf`` (= ``scores``), ``cls`` (= ``labels``); ``names`` stays a
+    tuple (ultralytics has a dict; ``dict(enumerate(dets.names))`` gives one).
     """
 
     boxes: torch.Tensor
@@ -88,6 +93,36 @@ class Detections:
             self.image_name,
             self.extra,
         )
+
+    def __repr__(self) -> str:
+        """One line: how many boxes on what, the best three, the names (not a tensor dump of every box)."""
+        where = f" on {self.image_name}" if self.image_name else ""
+        order = self.scores.argsort(descending=True, stable=True)[:3].tolist()
+        best = ", ".join(f"{self.names[int(self.labels[i])]} {float(self.scores[i]):.2f}" for i in order)
+        names = ", ".join(self.names[:5]) + (f", ... ({len(self.names)} names)" if len(self.names) > 5 else "")
+        return (f"Detections({len(self)} boxes{where} ({self.image_wh[0]}x{self.image_wh[1]})"
+                + (f"; best: {best}" + (", ..." if len(self) > 3 else "") if len(self) else "") + f"; names: {names})")
+
+    @property
+    def xyxy(self) -> torch.Tensor:
+        """``(N, 4)`` xyxy absolute pixels (= ``boxes``; ultralytics' name)."""
+        return self.boxes
+
+    @property
+    def xyxyn(self) -> torch.Tensor:
+        """``(N, 4)`` xyxy normalised by the image width and height, in [0, 1]."""
+        width, height = self.image_wh
+        return self.boxes / torch.tensor([width, height, width, height], dtype=self.boxes.dtype)
+
+    @property
+    def conf(self) -> torch.Tensor:
+        """``(N,)`` scores (= ``scores``; ultralytics' name)."""
+        return self.scores
+
+    @property
+    def cls(self) -> torch.Tensor:
+        """``(N,)`` label indices into ``names`` (= ``labels``; ultralytics' name)."""
+        return self.labels
 
     @property
     def label_names(self) -> list[str]:
@@ -153,10 +188,44 @@ class Detections:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
-    def plot(self, image: Image.Image, **kwargs: Any) -> Image.Image:
-        """A copy of ``image`` with boxes, names and scores drawn (see :func:`regionprompt.draw.draw_boxes`)."""
+    def to_hf(self) -> list[dict[str, Any]]:
+        """Hugging Face ``pipeline("zero-shot-object-detection")`` style:
+        ``[{"score", "label", "box": {"xmin", "ymin", "xmax", "ymax"}}]`` (pixels), best first."""
+        order = self.scores.argsort(descending=True, stable=True).tolist()
+        boxes, scores, names = self.boxes.tolist(), self.scores.tolist(), self.label_names
+        return [{"score": round(scores[i], 5), "label": names[i],
+                 "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (round(v, 2) for v in boxes[i])))} for i in order]
+
+    def to_pandas(self) -> Any:
+        """A ``pandas.DataFrame``, one row per detection: ``xmin ymin xmax ymax`` (pixels), ``confidence``,
+        ``class`` (label index), ``name`` -- the columns of YOLOv5's ``results.pandas().xyxy``.
+
+        Raises:
+            RegionPromptError: pandas is not installed.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise RegionPromptError("to_pandas() needs pandas: pip install pandas") from None
+        boxes = self.boxes.tolist()
+        return pd.DataFrame({"xmin": [b[0] for b in boxes], "ymin": [b[1] for b in boxes], "xmax": [b[2] for b in boxes],
+                             "ymax": [b[3] for b in boxes], "confidence": self.scores.tolist(),
+                             "class": self.labels.tolist(), "name": self.label_names})
+
+    def plot(self, image: Image.Image | None = None, **kwargs: Any) -> Image.Image:
+        """A copy of ``image`` with boxes, names and scores drawn (see :func:`regionprompt.draw.draw_boxes`).
+
+        ``image=None`` reads the file the detections were made on (``image_name``, when it is a path).
+        """
         from regionprompt.draw import draw_boxes
 
+        if image is None:
+            from regionprompt.images import load_image
+
+            if not self.image_name or not os.path.isfile(self.image_name):
+                raise RegionPromptError("plot() needs the image: these detections were not made on an image file "
+                                        f"({self.image_name or 'no name'}); pass it, dets.plot(image)")
+            image = load_image(self.image_name).image
         return draw_boxes(image, self.boxes, self.label_names, self.scores, label_ids=self.labels.tolist(), **kwargs)
 
     def to_supervision(self) -> Any:

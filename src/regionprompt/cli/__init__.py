@@ -8,6 +8,7 @@ Modules are listed explicitly in :data:`COMMAND_MODULES` so that jump-to-definit
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -72,12 +73,38 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
+def _deepest_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The (sub)parser of the command ``argv`` names: ``train clip ...`` -> the ``train clip`` parser."""
+    for word in argv:
+        if word.startswith("-"):
+            continue
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or word not in actions[0].choices:
+            break
+        parser = actions[0].choices[word]
+    return parser
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, argv: Sequence[str], unknown: Sequence[str]) -> None:
+    """Say which arguments the command does not know, under the command's own usage, with the closest
+    option for each typo (``--txt`` -> ``--text``); exits with status 2 as argparse does."""
+    command = _deepest_parser(parser, argv)
+    options = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
+    said = []
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], options, n=1, cutoff=0.6) if arg.startswith("-") else []
+        said.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    command.error("unrecognized arguments: " + " ".join(said))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``regionprompt`` script; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command_of(argv)
     parser = build_parser([command] if command else [])
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse_unknown(parser, argv, unknown)
     configure_logging(-1 if args.quiet else args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()

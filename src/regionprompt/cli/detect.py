@@ -6,11 +6,13 @@ Also holds the prompt options shared with ``regionprompt label`` (:func:`add_pro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from regionprompt.data.files import atomic_write, atomic_write_text
+from regionprompt.draw import draw_prompts
 from regionprompt.errors import ImageLoadError, PromptError
 from regionprompt.images import load_image
 from regionprompt.logging_utils import progress
@@ -64,7 +66,7 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
 
 def load_detector(args: argparse.Namespace) -> Any:
     """The :class:`~regionprompt.api.Detector` the options name (with its concept library)."""
-    from regionprompt.api import Detector
+    from regionprompt.api import DEFAULT_MODEL_ENV, Detector
 
     library = None
     if args.concepts_db is not None or args.concept:
@@ -72,7 +74,7 @@ def load_detector(args: argparse.Namespace) -> Any:
 
         library = ConceptLibrary(args.concepts_db)
     cache = None if args.cache == "none" else args.cache
-    if str(args.model) == "default":
+    if str(args.model) == "default" and not os.environ.get(DEFAULT_MODEL_ENV):
         # Said once per command, on stderr (JSON and dataset outputs stay clean): the shipped model's scope.
         print("note: the default model knows EmojiWorld's 1,177 emoji concepts only, not real photos; "
               "use --model with real weights for photos (README, 'What the shipped model knows')", file=sys.stderr)
@@ -105,7 +107,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="detect objects from text / box / point prompts; write annotated images and JSON",
         description=(
             "Find what the prompts describe in each IMAGE and write OUT/<name>.png (boxes, names, scores drawn) "
-            "and OUT/<name>.json (image size, prompts, detections: box [x1, y1, x2, y2] pixels, score, name). "
+            "and OUT/<name>.json (image size, prompts, detections: box [x1, y1, x2, y2] pixels, score, name); "
+            "on the image they were drawn on, the prompt boxes and points are drawn too (white; negatives red). "
             "Boxes and points are drawn on --box-image, or on the first IMAGE when it is not given; they then "
             "find more of the same in every IMAGE."
         ),
@@ -131,7 +134,17 @@ def _output_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def check_files_exist(paths: list[Path]) -> None:
+    """Refuse at once (before the model loads) an IMAGE or --box-image path that does not exist: a
+    typo is a usage error (``error: ...``, exit status 2). Files that exist but cannot be read are
+    skipped during the run and reported (exit status 1)."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ImageLoadError(f"no such file: {', '.join(missing[:5])}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+
+
 def run(args: argparse.Namespace) -> int:
+    check_files_exist([*args.images, *([args.box_image] if args.box_image else [])])
     if not has_prompts(args):
         raise PromptError("no prompt given: use --text, --box, --point or --concept")
     detector = load_detector(args)
@@ -155,7 +168,11 @@ def run(args: argparse.Namespace) -> int:
                                    threshold=args.threshold, one_label_per_box=args.one_label_per_box, **kwargs)
         for (i, image), dets in zip(loaded, results):
             stem = stems[i]
-            atomic_write(args.out / f"{stem}.png", lambda tmp, d=dets, im=image: d.plot(im.image).save(tmp, format="PNG"))
+            drawn = dets.plot(image.image)
+            if prompt_image is not None and Path(args.images[i]).resolve() == Path(prompt_image).resolve():
+                draw_prompts(drawn, [b["box"] for b in kwargs["boxes"] or []], [p["point"] for p in kwargs["points"] or []],
+                             [n["box"] for n in kwargs["negatives"] or [] if isinstance(n, dict)])
+            atomic_write(args.out / f"{stem}.png", lambda tmp, d=drawn: d.save(tmp, format="PNG"))
             atomic_write_text(args.out / f"{stem}.json", dets.to_json() + "\n")
             counts: dict[str, int] = {}
             for name in dets.label_names:

@@ -79,10 +79,12 @@ def coco_split_name(json_path: Path) -> str:
 
 
 def guess_coco_image_dir(json_path: Path, split: str) -> Path | None:
-    """The usual places of a COCO split's images: ``ROOT/<split>`` next to ``ROOT/annotations/``, etc."""
+    """The usual places of a COCO split's images: ``ROOT/<split>`` next to ``ROOT/annotations/``, etc.,
+    and ``images/`` beside the JSON (an EmojiWorld build: ``test/annotations.json`` + ``test/images/``).
+    The JSON's own folder is not a guess (a split named like it would otherwise shadow ``images/``)."""
     base = json_path.resolve().parent
     for candidate in (base.parent / split, base / split, base / "images" / split, base.parent / "images" / split, base / "images"):
-        if candidate.is_dir():
+        if candidate.is_dir() and candidate != base:
             return candidate
     return None
 
@@ -124,7 +126,7 @@ def read_source(
         result = read_coco(src, image_dir=images, skip_invalid=skip_invalid)
         return [SplitSource(name, result.data, images, result.report)]
     config = read_data_yaml(src)
-    keys = [split] if split else list(config.splits)
+    keys = [split] if split else config.distinct_splits()
     if not keys:
         raise DatasetError(f"{config.yaml_path}: no train/val/test split listed; pass a split name")
     out = []

@@ -66,6 +66,17 @@ class YoloConfig:
     categories: tuple[Category, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def distinct_splits(self) -> list[str]:
+        """The split keys in order, less those naming the same folders as an earlier one (a ``val``
+        that repeats ``train`` because the dataset has no validation split)."""
+        seen: set[tuple[Path, ...]] = set()
+        keys = []
+        for key, dirs in self.splits.items():
+            if tuple(dirs) not in seen:
+                seen.add(tuple(dirs))
+                keys.append(key)
+        return keys
+
     def image_dirs(self, split: str) -> tuple[Path, ...]:
         """Image folders of ``split``: a key of ``data.yaml``, else a folder name under ``root/images``."""
         if split in self.splits:
@@ -374,7 +385,8 @@ def _relative_to(path: Path, root: Path) -> str:
 
 def write_data_yaml(root: Path, split: str, categories: Sequence[Category]) -> Path:
     """Create or update ``root/data.yaml`` with ``split`` -> ``images/<split>``; an existing file must
-    have the same names (its other keys and splits are kept)."""
+    have the same names (its other keys and splits are kept). Without a ``val`` split, ``val`` names the
+    images of the first split written (Ultralytics requires the key)."""
     ordered = sorted(categories, key=lambda c: c.id)
     names = {i: c.name for i, c in enumerate(ordered)}
     yaml_path = root / DATA_YAML
@@ -388,6 +400,10 @@ def write_data_yaml(root: Path, split: str, categories: Sequence[Category]) -> P
             data[key] = rel[0] if len(rel) == 1 else rel
         data.update(existing.extra)
     data[split_key(split)] = f"images/{split}"
+    if "val" not in data:
+        # Ultralytics requires `val`; with no validation split written, it names the same images as the
+        # split that was (train first). Readers that list splits skip a repeated folder (`YoloConfig.distinct_splits`).
+        data["val"] = next(data[k] for k in (*SPLIT_KEYS, split_key(split)) if k in data)
     data["names"] = names
     # Splits in a fixed order so that rewriting gives the same bytes whatever order splits were added in.
     ordered_data = {"path": data.pop("path")}

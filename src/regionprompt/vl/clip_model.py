@@ -16,15 +16,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer
 from torch import nn
 
 # CARD_FILE and WEIGHTS_FILE: vl.checkpoints imports them from here.
 from regionprompt.model_dir import CARD_FILE, WEIGHTS_FILE, save_model_dir, tensors_hash  # noqa: F401
 from regionprompt.vl.cards import ModelCard, load_card
 from regionprompt.vl.image_encoder import ImageEncoder, build_image_encoder
+from regionprompt.vl.open_clip_parts import import_parts
 from regionprompt.vl.text import TextEncoder, check_texts
+
+_tokenizer, _transformer = import_parts("tokenizer", "transformer")
+SimpleTokenizer = _tokenizer.SimpleTokenizer
+LayerNorm, QuickGELU, TextTransformer = _transformer.LayerNorm, _transformer.QuickGELU, _transformer.TextTransformer
 
 #: Top-level state-dict prefixes of the CLIP text tower (everything that determines text embeddings).
 CLIP_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")

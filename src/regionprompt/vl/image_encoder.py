@@ -26,13 +26,16 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from open_clip.modified_resnet import ModifiedResNet
-from open_clip.transformer import LayerNorm, QuickGELU, VisionTransformer
 from torch import nn
 from torchvision.ops import roi_align
 
 from regionprompt.errors import BoxFormatError
 from regionprompt.vl.cards import ModelCard
+from regionprompt.vl.open_clip_parts import import_parts
+
+_modified_resnet, _transformer = import_parts("modified_resnet", "transformer")
+ModifiedResNet = _modified_resnet.ModifiedResNet
+LayerNorm, QuickGELU, VisionTransformer = _transformer.LayerNorm, _transformer.QuickGELU, _transformer.VisionTransformer
 
 RESNET_FEATURES = ("stem", "res2", "res3", "res4", "res5")
 

@@ -10,6 +10,7 @@ our training captions (synonyms, descriptions): they still land near related wor
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -81,26 +82,51 @@ class LockedTextEncoder(nn.Module):
     is kept out of ``state_dict()`` (checkpoints hold only ``projection.*``; the LM comes from the installed
     package). Its features are cached in memory by text, which makes training on a fixed caption set fast.
     ``.to(device)`` moves the language model along with the projection.
+
+    The language model is read on first use (importing transformers and reading 22 M weights takes
+    seconds): a detector whose phrases are all in the embedding cache never needs it. The files'
+    digest (part of :meth:`weights_hash`) is taken at construction.
     """
 
     def __init__(self, config: LockedTextConfig | None = None, *, model_dir: str | Path | None = None) -> None:
         super().__init__()
         self.config = config or LockedTextConfig()
         self.embed_dim = self.config.embed_dim
-        tokenizer, lm, lm_digest = _load_minilm(model_dir)
-        # Stored outside nn.Module registration so the 22 M frozen weights stay out of state_dict/parameters().
-        self.__dict__["_tokenizer"] = tokenizer
-        self.__dict__["_lm"] = lm
-        self._lm_digest = lm_digest
-        self.lm_dim = int(lm.config.hidden_size)
+        self._lm_dir = Path(model_dir) if model_dir is not None else minilm_model_dir()
+        self._lm_digest, self.lm_dim = _minilm_digest_and_width(self._lm_dir)
+        # The tokenizer and LM live outside nn.Module registration so the 22 M frozen weights stay out of
+        # state_dict/parameters(); until they are loaded, device/dtype moves wait in _pending_apply.
+        self.__dict__["_pending_apply"] = []
         self.projection = _make_projection(self.lm_dim, self.config.embed_dim, self.config.hidden_dim)
         self._feature_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     # -- module plumbing --------------------------------------------------------------------------------------
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> LockedTextEncoder:
-        self._lm._apply(fn)
+        if "_lm" in self.__dict__:
+            self._lm._apply(fn)
+        else:
+            self.__dict__["_pending_apply"].append(fn)
         self._feature_cache.clear()  # cached features may now have the wrong device/dtype
         return super()._apply(fn, recurse)
+
+    def _load_language_model(self) -> None:
+        if "_lm" not in self.__dict__:
+            tokenizer, lm = _load_minilm(self._lm_dir)
+            for fn in self.__dict__["_pending_apply"]:
+                lm._apply(fn)
+            self.__dict__["_pending_apply"] = []
+            self.__dict__["_tokenizer"] = tokenizer
+            self.__dict__["_lm"] = lm
+
+    @property
+    def _lm(self) -> nn.Module:
+        self._load_language_model()
+        return self.__dict__["_lm"]
+
+    @property
+    def _tokenizer(self) -> Any:
+        self._load_language_model()
+        return self.__dict__["_tokenizer"]
 
     @property
     def language_model(self) -> nn.Module:
@@ -219,15 +245,24 @@ def _files_digest(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _load_minilm(model_dir: str | Path | None) -> tuple[Any, nn.Module, str]:
-    """Tokenizer, frozen eval-mode BertModel and a digest of the model files, read from local files only."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(model_dir) if model_dir is not None else minilm_model_dir()
+def _minilm_digest_and_width(directory: Path) -> tuple[str, int]:
+    """A digest of the model files and the LM's hidden size (``config.json``), without loading it."""
     weights = directory / "model.safetensors"
     if not weights.is_file():
         raise RegionPromptError(f"no all-MiniLM-L6-v2 weights at {weights}")
+    try:
+        width = int(json.loads((directory / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RegionPromptError(f"cannot read the language model's config in {directory}: {exc}") from exc
+    return _files_digest(directory), width
+
+
+def _load_minilm(directory: Path) -> tuple[Any, nn.Module]:
+    """Tokenizer and frozen eval-mode BertModel, read from local files only."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = directory / "model.safetensors"
     try:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -248,4 +283,4 @@ def _load_minilm(model_dir: str | Path | None) -> tuple[Any, nn.Module, str]:
     model.eval()
     model.requires_grad_(False)
     LOG.debug("loaded %s from %s", MINILM_NAME, directory)
-    return tokenizer, model, _files_digest(directory)
+    return tokenizer, model

@@ -379,9 +379,10 @@ async function saveConcept(replace = false) {
   }
   if (!response.ok) { setStatus(`could not save concept: ${await errorText(response)}`, true); return; }
   const saved = await response.json();
-  state.selected.add(saved.name);
+  // Not ticked: the prompts it was made from are still on the canvas, so ticking it now would find every
+  // object twice. Tick it to use it, on this image once the prompts are cleared or on other images.
   await loadConcepts();
-  setStatus(`saved concept ${saved.name} (${saved.num_sources} prompt(s))`);
+  setStatus(`saved concept ${saved.name} (${saved.num_sources} prompt(s)); tick it to use it`);
 }
 
 async function deleteConcept(name) {
