@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from regionprompt.data.validate import ProblemKind, ReportBuilder
-from regionprompt.errors import DatasetError
+from regionprompt.errors import DatasetError, RegionPromptError
 from regionprompt.untrusted import UnsafePathError, check_path_name, loads_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -40,8 +40,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     ``os.replace``, so readers never see a half-written file and a crash leaves the old file intact.
     Returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():  # os.replace would fail with IsADirectoryError after the whole file was written
+        raise RegionPromptError(f"{path}: is a directory; give the path of a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise RegionPromptError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     os.close(fd)
     try:
         write(tmp)
