@@ -79,6 +79,7 @@ from regionprompt.prompts import (
     split_phrases,
 )
 from regionprompt.results import Detections
+from regionprompt.untrusted import loads_json
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache
 
@@ -534,7 +535,7 @@ def _is_trex2_model_folder(folder: Path) -> bool:
     if (folder / DETECTOR_FILE).exists() or not (folder / CARD_FILE).is_file():
         return False
     try:
-        card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+        card = loads_json((folder / CARD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(card, dict) and "num_queries" in card and "clip" in card
@@ -552,7 +553,7 @@ def read_detector_header(folder: Path) -> dict[str, Any]:
     if not header_path.is_file():
         raise CheckpointError(f"{folder}: not a detector folder (no {DETECTOR_FILE})")
     try:
-        header = json.loads(header_path.read_text(encoding="utf-8"))
+        header = loads_json(header_path.read_text(encoding="utf-8"))  # deep nesting, huge ints: invalid JSON
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{header_path}: not valid JSON ({exc})") from None
     if not isinstance(header, dict) or header.get("kind") not in (DETECTOR_KIND, TREX2_KIND):

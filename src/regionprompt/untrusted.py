@@ -82,6 +82,16 @@ def safe_child(folder: str | os.PathLike, name: Any, *, what: str, single: bool 
     return Path(folder) / check_path_name(name, what=what, single=single)
 
 
+def display_name(name: Any, *, default: str, max_length: int = 120) -> str:
+    """An uploaded file's name as safe to show (and never to use as a path): its last component, control
+    characters dropped, at most ``max_length`` characters; ``default`` when nothing is left."""
+    if not isinstance(name, str):
+        return default
+    last = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(c for c in last if c.isprintable())[:max_length]
+    return cleaned if cleaned.strip(" .") else default
+
+
 # ---- JSON ---------------------------------------------------------------------------------------
 
 
