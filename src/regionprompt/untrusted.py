@@ -60,8 +60,6 @@ def check_path_name(name: Any, *, what: str, single: bool = False) -> str:
         problem = f"is longer than {MAX_NAME_LENGTH} characters"
     elif "\x00" in name or "\\" in name:
         problem = "contains a NUL or a backslash"
-    elif any(ord(c) < 32 for c in name):
-        problem = "contains control characters"
     else:
         pure = PurePosixPath(name)
         if pure.is_absolute():
