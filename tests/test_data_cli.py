@@ -46,8 +46,10 @@ def test_check_clean_and_dirty(shared_data: Path, tmp_path: Path, capsys: pytest
 def test_check_malformed_json_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "broken.json"
     bad.write_text('{"images": [1, 2')
-    assert main(["dataset", "check", str(bad), "--format", "coco"]) == 1
-    assert "broken.json:1:" in capsys.readouterr().out
+    # A file that cannot be parsed is an error (exit 2, one line on stderr), not a report.
+    assert main(["dataset", "check", str(bad), "--format", "coco"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "broken.json:1:" in err and err.count("\n") == 1
     assert main(["dataset", "check", str(tmp_path / "nope.json"), "--format", "coco"]) == 2
     assert "nope.json: not found" in capsys.readouterr().err
 

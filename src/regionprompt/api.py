@@ -38,8 +38,9 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields, replace
 from importlib import resources
 from pathlib import Path
@@ -67,14 +68,18 @@ from regionprompt.detect.trex2_engine import TRex2DetectConfig, TRex2Engine
 from regionprompt.errors import CheckpointError, PromptError, RegionPromptError
 from regionprompt.model_dir import read_weights
 from regionprompt.prompts import (
+    MAX_PROMPTS,
     BoxPrompt,
     PointPrompt,
     Prompt,
     TextPrompt,
+    check_prompt_count,
+    check_text_length,
     group_prompts,
     split_phrases,
 )
 from regionprompt.results import Detections
+from regionprompt.untrusted import loads_json
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache
 
@@ -114,15 +119,53 @@ def _is_coords(value: Any, count: int) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == count and all(_is_number(v) for v in value)
 
 
-def _items(value: Any, count: int) -> list[Any]:
+def _items(value: Any, count: int, what: str) -> list[Any]:
     """One box/point (``count`` numbers) or prompt -> ``[it]``; a sequence of them -> a list; None -> []."""
     if value is None:
         return []
     if _is_coords(value, count) or isinstance(value, (BoxPrompt, PointPrompt, TextPrompt, Mapping, str)):
         return [value]
     if isinstance(value, (torch.Tensor, np.ndarray)):
+        if value.ndim != 2:
+            raise PromptError(f"{what}: expected a ({'N, ' if value.ndim else ''}{count}) array, got shape {tuple(value.shape)}")
         return [row for row in value]
+    if not isinstance(value, Iterable):
+        raise PromptError(f"{what} must be a list of prompts, got {type(value).__name__}")
     return list(value)
+
+
+def _texts(text: Any) -> list[str | TextPrompt]:
+    """The phrases of ``text``: ``None``, one string (split at commas...), a :class:`TextPrompt`, or a
+    list of strings / TextPrompts; anything else is refused here rather than turned into ``"5"``."""
+    if text is None:
+        return []
+    if isinstance(text, str):
+        phrases = split_phrases(text)
+        if not phrases:
+            raise PromptError(f"text prompt {text[:80]!r} holds no phrase")
+        return list(phrases)
+    if isinstance(text, TextPrompt):
+        return [text]
+    if not isinstance(text, Sequence) or isinstance(text, (bytes, Mapping)):
+        raise PromptError(f"text must be a string or a list of strings, got {type(text).__name__}")
+    for i, item in enumerate(text):
+        if not isinstance(item, (str, TextPrompt)):
+            raise PromptError(f"text[{i}] must be a string, got {type(item).__name__}")
+    return list(text)
+
+
+def _label_of(value: Any, where: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise PromptError(f"{where}: label must be a string, got {type(value).__name__}")
+
+
+def check_threshold(threshold: Any) -> float:
+    """``threshold`` as a float, or :class:`PromptError` unless it is a real number in [0, 1]
+    (``"0.3"``, ``True`` and NaN are refused, not coerced)."""
+    if not _is_number(threshold) or not math.isfinite(float(threshold)) or not 0 <= float(threshold) <= 1:
+        raise PromptError(f"threshold must be a number in [0, 1], got {threshold!r:.80}")
+    return float(threshold)
 
 
 def _is_image_list(value: Any) -> bool:
@@ -138,8 +181,12 @@ def _visual(item: Any, kind: type, image: Any, label: str | None, negative: bool
                        label=item.label or label, negative=negative)
     if isinstance(item, Mapping):
         if key not in item:
-            raise PromptError(f"{key} prompt {dict(item)!r} needs a {key!r} entry")
-        return kind(tuple(item[key]), item.get("image", image), item.get("label") or label, negative)
+            raise PromptError(f"{key} prompt {dict(item)!r:.200} needs a {key!r} entry")
+        coords = item[key]
+        if isinstance(coords, (str, bytes)) or not isinstance(coords, Iterable):
+            raise PromptError(f"{key} prompt: expected {count} numbers, got {coords!r:.80}")
+        return kind(tuple(coords), item.get("image", image), _label_of(item.get("label"), f"{key} prompt") or label,
+                    negative)
     if not _is_coords(item, count):
         raise PromptError(f"{key} prompt: expected {count} numbers, got {item!r}")
     return kind(tuple(float(v) for v in item), image, label, negative)
@@ -147,19 +194,27 @@ def _visual(item: Any, kind: type, image: Any, label: str | None, negative: bool
 
 def build_prompts(text: str | Sequence[str | TextPrompt] | None = None, *, boxes: Any = None, points: Any = None,
                   prompt_images: Any = None, negatives: Any = None,
-                  visual_label: str = DEFAULT_VISUAL_LABEL) -> list[Prompt]:
+                  visual_label: str = DEFAULT_VISUAL_LABEL, max_prompts: int | None = MAX_PROMPTS) -> list[Prompt]:
     """The prompt objects of :meth:`Detector.predict` 's arguments (see there).
 
+    ``max_prompts``: most phrases + boxes + points + negatives (``None``: no limit), counted before any
+    is built; each phrase is limited to :data:`~regionprompt.prompts.MAX_TEXT_LENGTH` characters.
+
     Raises:
-        PromptError: an empty text prompt, a malformed box or point, prompt images not matching the prompts.
+        PromptError: a wrongly typed argument, an empty or too long text prompt, too many prompts, a
+            malformed box or point, prompt images not matching the prompts.
     """
+    if not isinstance(visual_label, str) or not visual_label.strip():
+        raise PromptError(f"visual_label must be a non-empty string, got {visual_label!r:.80}")
     prompts: list[Prompt] = []
-    texts = split_phrases(text) if isinstance(text, str) else list(text or [])
-    if isinstance(text, str) and not texts:
-        raise PromptError(f"text prompt {text!r} holds no phrase")
+    texts = _texts(text)
+    box_items, point_items = _items(boxes, 4, "boxes"), _items(points, 2, "points")
+    negative_items = _items(negatives, 4, "negatives")
+    check_prompt_count(len(texts) + len(box_items) + len(point_items) + len(negative_items), max_prompts)
     for t in texts:
-        prompts.append(t if isinstance(t, TextPrompt) else TextPrompt(str(t)))
-    box_items, point_items = _items(boxes, 4), _items(points, 2)
+        prompt = t if isinstance(t, TextPrompt) else TextPrompt(t)
+        check_text_length(prompt.text)
+        prompts.append(prompt)
     visual_count = len(box_items) + len(point_items)
     if _is_image_list(prompt_images):
         if len(prompt_images) != visual_count:
@@ -175,13 +230,17 @@ def build_prompts(text: str | Sequence[str | TextPrompt] | None = None, *, boxes
         prompts.append(_visual(item, PointPrompt, image, visual_label, False))
     # Negative exemplars are drawn where the positive ones are, unless they say otherwise.
     negative_image = None if _is_image_list(prompt_images) else prompt_images
-    for item in _items(negatives, 4):
+    for item in negative_items:
         if isinstance(item, (str, TextPrompt)) or (isinstance(item, Mapping) and "text" in item):
             if isinstance(item, Mapping):  # {"text": "dog face", "label": "dog"}, as the server's JSON has it
-                prompts.append(TextPrompt(str(item["text"]), item.get("label"), negative=True))
+                if not isinstance(item["text"], str):
+                    raise PromptError(f"negative text must be a string, got {type(item['text']).__name__}")
+                prompts.append(TextPrompt(check_text_length(item["text"], "negative text"),
+                                          _label_of(item.get("label"), "negative text"), negative=True))
                 continue
             phrase = item.text if isinstance(item, TextPrompt) else item
-            prompts.append(TextPrompt(phrase, getattr(item, "label", None), negative=True))
+            prompts.append(TextPrompt(check_text_length(phrase, "negative text"), getattr(item, "label", None),
+                                      negative=True))
         elif isinstance(item, PointPrompt) or (isinstance(item, Mapping) and "point" in item) or _is_coords(item, 2):
             prompts.append(_visual(item, PointPrompt, negative_image, None, True))
         else:
@@ -383,6 +442,8 @@ class Detector:
         """
         if concepts is None:
             return []
+        if not isinstance(concepts, (str, PromptConcept, Iterable)) or isinstance(concepts, (bytes, Mapping)):
+            raise PromptError(f"concepts must be PromptConcept objects or names, got {type(concepts).__name__}")
         items = [concepts] if isinstance(concepts, (str, PromptConcept)) else list(concepts)
         out = []
         for item in items:
@@ -403,6 +464,9 @@ class Detector:
                      points: Any = None, prompt_images: Any = None, negatives: Any = None) -> PromptConcept:
         """A reusable concept ``name`` from text and/or exemplars drawn on ``prompt_images``: every
         phrase, box and point is part of that one category; negatives apply to it."""
+        if not isinstance(name, str) or not name.strip():
+            raise PromptError(f"a concept needs a non-empty string name, got {name!r:.80}")
+        check_text_length(name, "concept name")
         prompts = build_prompts(text, boxes=boxes, points=points, prompt_images=prompt_images, negatives=negatives,
                                 visual_label=name)
         if not any(not p.negative for p in prompts):
@@ -412,11 +476,15 @@ class Detector:
 
     def make_concepts(self, text: str | Sequence[str | TextPrompt] | None = None, *, boxes: Any = None,
                       points: Any = None, prompt_images: Any = None, negatives: Any = None,
-                      visual_label: str = DEFAULT_VISUAL_LABEL) -> list[PromptConcept]:
+                      visual_label: str = DEFAULT_VISUAL_LABEL,
+                      max_prompts: int | None = MAX_PROMPTS) -> list[PromptConcept]:
         """One concept per category of the prompts (arguments as in :meth:`predict`; exemplars must be
-        drawn on ``prompt_images``). Embeds the prompts once for any number of later ``predict`` calls."""
+        drawn on ``prompt_images``). Embeds the prompts once for any number of later ``predict`` calls.
+
+        ``max_prompts``: as for :meth:`predict`; pass ``None`` to embed a whole vocabulary (an evaluation's
+        category names) in one call, knowingly."""
         prompts = build_prompts(text, boxes=boxes, points=points, prompt_images=prompt_images, negatives=negatives,
-                                visual_label=visual_label)
+                                visual_label=visual_label, max_prompts=max_prompts)
         return self.engine.make_concepts(group_prompts(prompts))
 
     # ---- inference -------------------------------------------------------------------------------
@@ -456,16 +524,16 @@ class Detector:
             One :class:`Detections` per image, in order.
         Raises:
             PromptError: no prompt, an empty phrase, a box outside its image, an unknown concept or one
-                made by another model.
+                made by another model, an argument of the wrong type, more than
+                :data:`~regionprompt.prompts.MAX_PROMPTS` phrases + boxes + points + negatives (saved
+                concepts are not counted: they are embedded already) or a phrase longer than
+                :data:`~regionprompt.prompts.MAX_TEXT_LENGTH` characters.
         """
         threshold = _alias(threshold, conf, "threshold", "conf")
         text = _alias(text, candidate_labels, "text", "candidate_labels")
         changes = {key: value for key, value in (("nms_iou", iou), ("max_detections", max_det)) if value is not None}
         detector = self.reconfigure(**changes) if changes else self
-        if threshold is None:
-            threshold = self.default_threshold
-        if not 0 <= threshold <= 1:
-            raise PromptError(f"threshold must be in [0, 1], got {threshold}")
+        threshold = self.default_threshold if threshold is None else check_threshold(threshold)
         prompts = build_prompts(text, boxes=boxes, points=points, prompt_images=prompt_images, negatives=negatives,
                                 visual_label=visual_label)
         resolved = self.resolve_concepts(concepts)
@@ -494,7 +562,7 @@ def _is_trex2_model_folder(folder: Path) -> bool:
     if (folder / DETECTOR_FILE).exists() or not (folder / CARD_FILE).is_file():
         return False
     try:
-        card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+        card = loads_json((folder / CARD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(card, dict) and "num_queries" in card and "clip" in card
@@ -514,7 +582,7 @@ def read_detector_header(folder: Path) -> dict[str, Any]:
     if not header_path.is_file():
         raise CheckpointError(f"{folder}: not a detector folder (no {DETECTOR_FILE})")
     try:
-        header = json.loads(header_path.read_text(encoding="utf-8"))
+        header = loads_json(header_path.read_text(encoding="utf-8"))  # deep nesting, huge ints: invalid JSON
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{header_path}: not valid JSON ({exc})") from None
     if not isinstance(header, dict) or header.get("kind") not in (DETECTOR_KIND, TREX2_KIND):

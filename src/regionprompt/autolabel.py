@@ -30,6 +30,7 @@ from regionprompt.data.yolo import write_yolo
 from regionprompt.errors import ImageLoadError, RegionPromptError
 from regionprompt.images import load_image
 from regionprompt.logging_utils import get_logger, progress_bar
+from regionprompt.untrusted import check_path_name, loads_json
 
 LOG = get_logger("autolabel")
 
@@ -76,7 +77,7 @@ class Journal:
         records: dict[str, dict[str, Any]] = {}
         for number, line in enumerate(data[:end].splitlines(), 1):
             try:
-                record = json.loads(line)
+                record = loads_json(line)
             except json.JSONDecodeError:
                 record = None
             if not isinstance(record, dict) or not isinstance(record.get("file"), str):
@@ -180,6 +181,8 @@ def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLik
         raise RegionPromptError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not concepts:
         raise RegionPromptError("nothing to label: give text, exemplar or concept prompts")
+    if fmt == "yolo":  # checked before any work: the split becomes OUT/images/<split> and OUT/labels/<split>
+        check_path_name(split, what="split", single=True)
     files = list_images(folder, exclude=out)
     if not files:
         raise RegionPromptError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
@@ -189,7 +192,12 @@ def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLik
     settings = run_settings(detector, folder, concepts, threshold, one_label_per_box=one_label_per_box)
     run_path = state / RUN_FILE
     if run_path.is_file():
-        previous = json.loads(run_path.read_text(encoding="utf-8"))
+        try:
+            previous = loads_json(run_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = None
+        if not isinstance(previous, dict):
+            raise RegionPromptError(f"{run_path}: not a labelling run record; delete {out} to start over")
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise RegionPromptError(f"{out} holds a labelling run with other settings ({', '.join(changed)} differ); "

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from regionprompt.errors import CheckpointError, RegionPromptError
+from regionprompt.untrusted import loads_json
 
 
 def card_to_dict(card: Any) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def parse_card_json(
             which kind of card was expected).
     """
     try:
-        data = json.loads(text)
+        data = loads_json(text)  # deep nesting and huge integers are JSONDecodeErrors too
     except json.JSONDecodeError as exc:
         raise error(f"{source}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):

@@ -25,6 +25,14 @@ from typing import Any, Union
 
 from regionprompt.errors import PromptError
 
+#: Most prompts (phrases + boxes + points + negatives + concepts) in one detection call, and the longest
+#: phrase, label or concept name in characters. The REST server's defaults are these, and the Python API
+#: and the CLI enforce them too: each phrase is a text-encoder pass, so 10,000 phrases would keep a call
+#: busy for minutes with nothing to show. Embed larger vocabularies once with ``make_concepts(...,
+#: max_prompts=None)`` and pass the concepts.
+MAX_PROMPTS = 64
+MAX_TEXT_LENGTH = 200
+
 
 @dataclass(frozen=True)
 class TextPrompt:
@@ -92,6 +100,8 @@ Prompt = Union[TextPrompt, BoxPrompt, PointPrompt]
 
 
 def _numbers(values: Any, count: int, what: str) -> tuple[float, ...]:
+    if isinstance(values, (str, bytes)):  # "1234" would otherwise read as the box (1, 2, 3, 4)
+        raise PromptError(f"{what}: expected {count} numbers, got {values[:80]!r}")
     try:
         numbers = tuple(float(v) for v in values)
     except (TypeError, ValueError):
@@ -143,6 +153,20 @@ class PromptCategory:
             "visuals": [visual(v) for v in self.visuals],
             "negatives": [t.text if isinstance(t, TextPrompt) else visual(t) for t in self.negatives],
         }
+
+
+def check_prompt_count(count: int, max_prompts: int | None = MAX_PROMPTS) -> None:
+    """:class:`PromptError` naming the limit when one call holds more than ``max_prompts`` prompts."""
+    if max_prompts is not None and count > max_prompts:
+        raise PromptError(f"too many prompts: {count} (the limit is {max_prompts} per call); split them over "
+                          "several calls, or embed a large vocabulary once as saved concepts")
+
+
+def check_text_length(text: str, what: str = "text prompt", max_length: int = MAX_TEXT_LENGTH) -> str:
+    """``text`` unless it is longer than ``max_length`` characters (then :class:`PromptError`)."""
+    if len(text) > max_length:
+        raise PromptError(f"{what} {text[:40]!r}... is {len(text)} characters long (the limit is {max_length})")
+    return text
 
 
 def split_phrases(text: str) -> list[str]:
@@ -198,12 +222,16 @@ def validate_visual_prompts(prompts: Sequence[Prompt], image_wh: tuple[int, int]
 
 
 __all__ = [
+    "MAX_PROMPTS",
+    "MAX_TEXT_LENGTH",
     "BoxPrompt",
     "PointPrompt",
     "Prompt",
     "PromptCategory",
     "TextPrompt",
     "VisualPrompt",
+    "check_prompt_count",
+    "check_text_length",
     "group_prompts",
     "split_phrases",
     "validate_visual_prompts",

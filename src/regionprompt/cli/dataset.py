@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="validate a COCO, YOLO or captions dataset and print a report",
         description=(
             "Check a dataset for malformed files, wrong field types, duplicate or unknown ids, missing or unreadable "
-            "images, zero-area boxes and boxes outside their image. Exit code 0 when clean, 1 when problems were found."
+            "images, zero-area boxes and boxes outside their image. Exit code 0 when clean, 1 when problems were found, "
+            "2 when a file cannot be read at all (syntax error, wrong encoding or structure)."
         ),
     )
     check.add_argument("path", type=Path, help="COCO JSON, YOLO folder / data.yaml, or captions .json/.jsonl")
@@ -98,15 +99,13 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     if not args.path.exists():
         raise DatasetError(f"{args.path}: not found")
-    try:
-        if args.fmt == "captions":
-            reports = [read_captions(args.path, skip_invalid=True).report]
-        else:
-            sources = read_source(args.path, args.fmt, image_dir=args.images, split=args.split, skip_invalid=True)
-            reports = [s.report for s in sources]
-    except DatasetError as exc:
-        # Fatal problems (syntax errors, wrong top-level structure) are still a check result, not a crash.
-        print(str(exc))
-        return 1
+    # A file that cannot be read at all (syntax error, wrong encoding, wrong top-level structure) raises
+    # DatasetError: one ``error:`` line on stderr and exit 2, as every other command. Exit 1 is kept for
+    # a readable dataset with problems, whose report goes to stdout.
+    if args.fmt == "captions":
+        reports = [read_captions(args.path, skip_invalid=True).report]
+    else:
+        sources = read_source(args.path, args.fmt, image_dir=args.images, split=args.split, skip_invalid=True)
+        reports = [s.report for s in sources]
     _print_reports(reports, examples=args.examples, as_json=args.json)
     return 0 if all(r.ok for r in reports) else 1

@@ -329,7 +329,8 @@ def run(args: argparse.Namespace) -> int:
     prompts = {i: sorted({o.name for o in objects[i]}) for i in objects}
     distractors = {i: distractor_names(set(prompts[i]), vocabulary, args.distractors, f"{args.seed}:{i}") for i in objects}
     # Every name is embedded once; each scene then searches for its own subset.
-    concepts = {c.name: c for c in detector.make_concepts(text=sorted({n for i in objects for n in prompts[i] + distractors[i]}))}
+    concepts = {c.name: c for c in detector.make_concepts(text=sorted({n for i in objects for n in prompts[i] + distractors[i]}),
+                                                           max_prompts=None)}
 
     rows: list[dict[str, Any]] = []
     for image_id in progress(list(objects), desc="demo", unit="scene"):

@@ -97,6 +97,19 @@ def prompt_arguments(args: argparse.Namespace, prompt_image: Any) -> dict[str, A
     }
 
 
+def check_prompt_options(args: argparse.Namespace) -> None:
+    """The limits the Python API applies (:data:`~regionprompt.prompts.MAX_PROMPTS` prompts per call,
+    :data:`~regionprompt.prompts.MAX_TEXT_LENGTH` characters per phrase), checked before the model loads
+    so that a refused command answers at once."""
+    from regionprompt.prompts import check_prompt_count, check_text_length, split_phrases
+
+    phrases = [p for text in args.text for p in split_phrases(text)] + list(args.negative_text)
+    for phrase in phrases:
+        check_text_length(phrase, "--text/--negative-text phrase")
+    check_text_length(args.visual_label, "--visual-label")
+    check_prompt_count(len(phrases) + len(args.box) + len(args.point) + len(args.negative_box))
+
+
 def has_prompts(args: argparse.Namespace) -> bool:
     return bool(args.text or args.box or args.point or args.concept)
 
@@ -147,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     check_files_exist([*args.images, *([args.box_image] if args.box_image else [])])
     if not has_prompts(args):
         raise PromptError("no prompt given: use --text, --box, --point or --concept")
+    check_prompt_options(args)
     detector = load_detector(args)
     prompt_image = args.box_image or (args.images[0] if (args.box or args.point or args.negative_box) else None)
     kwargs = prompt_arguments(args, prompt_image)

@@ -9,11 +9,13 @@ from pathlib import Path
 from regionprompt.autolabel import FORMATS, REPORT_FILE, label_folder
 from regionprompt.cli.detect import (
     add_prompt_options,
+    check_prompt_options,
     has_prompts,
     load_detector,
     prompt_arguments,
 )
 from regionprompt.errors import PromptError
+from regionprompt.untrusted import check_path_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         raise PromptError("no prompt given: use --text, --box/--point with --box-image, or --concept")
     if (args.box or args.point or args.negative_box) and args.box_image is None:
         raise PromptError("label: --box, --point and --negative-box need --box-image, the image they were drawn on")
+    # Refused before the model loads: the split names folders under --out (never outside it).
+    check_path_name(args.split, what="--split", single=True)
+    check_prompt_options(args)
     detector = load_detector(args)
     concepts = []
     if args.text or args.box or args.point:

@@ -33,6 +33,7 @@ from safetensors.torch import save as save_tensors
 from regionprompt.concept import PromptConcept
 from regionprompt.data.files import atomic_write
 from regionprompt.errors import RegionPromptError
+from regionprompt.untrusted import loads_json
 
 FORMAT = "regionprompt-concept"
 FORMAT_VERSION = 1
@@ -107,17 +108,43 @@ def _read_header(data: bytes, where: str) -> dict[str, Any]:
             f"{where}: truncated file (its header needs {8 + header_len} bytes, the file has {len(data)})"
         )
     try:
-        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
+        header = loads_json(data[8 : 8 + header_len].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ConceptFileError(f"{where}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise ConceptFileError(f"{where}: not a safetensors file (its header is not a JSON object)")
+    # Every field checked here, where a wrong type can be named; safetensors (or our own code) would
+    # otherwise fail later with a TypeError or a generic message.
+    ends = []
+    for key, spec in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(spec, dict):
+            raise ConceptFileError(f"{where}: tensor entry {key[:80]!r} is not a JSON object")
+        ends.append(_check_tensor_entry(spec, key, where))
     # safetensors would report a short data section as a generic error; name it truncation here.
-    ends = [spec.get("data_offsets", [0, 0])[1] for key, spec in header.items() if key != "__metadata__" and isinstance(spec, dict)]
-    needed = 8 + header_len + max((int(e) for e in ends if isinstance(e, int)), default=0)
+    needed = 8 + header_len + max(ends, default=0)
     if needed > len(data):
         raise ConceptFileError(f"{where}: truncated file (its tensors need {needed} bytes, the file has {len(data)})")
     return header
+
+
+def _check_tensor_entry(spec: dict[str, Any], key: str, where: str) -> int:
+    """The end offset of one tensor's header entry after checking its field types."""
+    name = f"{where}: tensor {key[:80]!r}"
+    offsets, shape, dtype = spec.get("data_offsets"), spec.get("shape"), spec.get("dtype")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(v) for v in offsets)
+            and offsets[0] <= offsets[1]):
+        raise ConceptFileError(f"{name}: data_offsets must be two ascending non-negative integers, got {offsets!r:.80}")
+    if not (isinstance(shape, list) and len(shape) <= 8 and all(_is_count(v) for v in shape)):
+        raise ConceptFileError(f"{name}: shape must be a list of non-negative integers, got {shape!r:.80}")
+    if not isinstance(dtype, str):
+        raise ConceptFileError(f"{name}: dtype must be a string, got {dtype!r:.80}")
+    return int(offsets[1])
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _tensor(tensors: dict[str, torch.Tensor], key: str, ndim: int, where: str) -> torch.Tensor:
@@ -142,19 +169,20 @@ def concept_from_bytes(data: bytes, *, where: str = "<concept bytes>") -> Stored
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ConceptFileError(f"{where}: a safetensors file, but not a RegionPrompt concept (no format {FORMAT!r} in its metadata)")
-    try:
-        version = int(meta.get("format_version", ""))
-    except ValueError:
-        raise ConceptFileError(f"{where}: bad format_version {meta.get('format_version')!r}") from None
+    raw_version = meta.get("format_version")
+    # safetensors metadata values are strings; a list or number here is a hand-made (or hostile) file.
+    if not isinstance(raw_version, str) or not raw_version.strip().isdigit() or len(raw_version) > 9:
+        raise ConceptFileError(f"{where}: bad format_version {raw_version!r:.80} (expected a string such as \"1\")")
+    version = int(raw_version)
     if version > FORMAT_VERSION:
         raise ConceptFileError(
             f"{where}: written by a newer RegionPrompt (concept format {version}; this version reads up to {FORMAT_VERSION})"
         )
     for key in ("name", "model_hash", "created", "sources"):
         if not isinstance(meta.get(key), str):
-            raise ConceptFileError(f"{where}: concept metadata lacks {key!r}")
+            raise ConceptFileError(f"{where}: concept metadata lacks {key!r} (or it is not a string)")
     try:
-        sources = json.loads(meta["sources"])
+        sources = loads_json(meta["sources"])
     except json.JSONDecodeError:
         raise ConceptFileError(f"{where}: concept metadata 'sources' is not JSON") from None
     if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from regionprompt.data.files import atomic_write_text, dump_json, is_safe_relative, read_json
+from regionprompt.untrusted import loads_json
 from regionprompt.data.validate import ProblemKind, ReadResult, ReportBuilder, is_int
 from regionprompt.errors import DatasetError
 
@@ -166,7 +167,7 @@ def _parse_jsonl(path: Path, builder: ReportBuilder) -> CaptionDataset:
         lines += 1
         where = {"file": file, "line": line_no}
         try:
-            record = json.loads(line)
+            record = loads_json(line)  # deep nesting / huge integers: a bad line, not a traceback
         except json.JSONDecodeError as exc:
             builder.add(ProblemKind.MALFORMED_FILE, f"invalid JSON: {exc.msg}", file=file, line=line_no, column=exc.colno)
             builder.drop("lines")

@@ -25,6 +25,7 @@ from regionprompt.data.validate import ProblemKind, ReportBuilder, ValidationRep
 from regionprompt.data.yolo import image_root_of, read_data_yaml, read_yolo, write_yolo
 from regionprompt.errors import DatasetError
 from regionprompt.logging_utils import get_logger, progress
+from regionprompt.untrusted import check_path_name, safe_child
 
 _log = get_logger("data")
 
@@ -120,6 +121,8 @@ def read_source(
     """
     src = Path(src)
     fmt = DatasetFormat(fmt)
+    if split is not None:  # a folder name, in the input and in the output
+        check_path_name(split, what="split", single=True)
     if fmt == DatasetFormat.COCO:
         name = split or coco_split_name(src)
         images = Path(image_dir) if image_dir is not None else guess_coco_image_dir(src, name)
@@ -139,10 +142,14 @@ def read_source(
 
 
 def _write_coco_split(source: SplitSource, out: Path, mode: ImageMode) -> ConvertedSplit:
+    # The split (from --split or a data.yaml key) and file names come from input: keep them inside ``out``.
+    split_dir = safe_child(out, source.split, what="split", single=True)
+    for img in source.dataset.images:
+        check_path_name(img.file_name, what=f"image {img.id} file_name")
     path = write_coco(source.dataset, out / "annotations" / f"instances_{source.split}.json")
     if mode != ImageMode.NONE and source.image_dir is not None:
         for img in progress(source.dataset.images, desc=f"placing {source.split} images", total=len(source.dataset.images), unit="img"):
-            place_image(source.image_dir / img.file_name, out / source.split / img.file_name, mode)
+            place_image(source.image_dir / img.file_name, split_dir / img.file_name, mode)
     ds = source.dataset
     return ConvertedSplit(source.split, path, len(ds.images), len(ds.annotations), len(ds.categories), 0, source.report)
 

@@ -11,13 +11,14 @@ import shutil
 import tempfile
 import warnings
 from enum import Enum
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from regionprompt.data.validate import ProblemKind, ReportBuilder
-from regionprompt.errors import DatasetError
+from regionprompt.errors import DatasetError, RegionPromptError
+from regionprompt.untrusted import UnsafePathError, check_path_name, loads_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -39,8 +40,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     ``os.replace``, so readers never see a half-written file and a crash leaves the old file intact.
     Returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():  # os.replace would fail with IsADirectoryError after the whole file was written
+        raise RegionPromptError(f"{path}: is a directory; give the path of a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise RegionPromptError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     os.close(fd)
     try:
         write(tmp)
@@ -91,11 +97,13 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def is_safe_relative(name: str) -> bool:
-    """``name`` is a relative ``/``-separated path that stays inside its base directory."""
-    if not name or "\\" in name or "\x00" in name:
+    """``name`` is a relative ``/``-separated path that stays inside its base directory
+    (:func:`regionprompt.untrusted.check_path_name`)."""
+    try:
+        check_path_name(name, what="name")
+    except UnsafePathError:
         return False
-    pure = PurePosixPath(name)
-    return not pure.is_absolute() and ".." not in pure.parts and ":" not in pure.parts[0]
+    return True
 
 
 def place_image(src: Path, dst: Path, mode: ImageMode) -> None:
@@ -126,9 +134,12 @@ def read_json(path: Path, builder: ReportBuilder) -> Any:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise builder.fatal(ProblemKind.MALFORMED_FILE, f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=str(path))
+        utf16 = exc.object[:2] in (b"\xff\xfe", b"\xfe\xff")
+        hint = "; it looks like UTF-16: save it as UTF-8" if utf16 else ""
+        raise builder.fatal(ProblemKind.MALFORMED_FILE, f"not UTF-8 text ({exc.reason} at byte {exc.start}){hint}",
+                            file=str(path)) from None
     try:
-        return json.loads(text)
+        return loads_json(text)  # deep nesting and 5,000-digit integers are JSONDecodeErrors too
     except json.JSONDecodeError as exc:
         raise builder.fatal(
             ProblemKind.MALFORMED_FILE, f"invalid JSON: {exc.msg}", file=str(path), line=exc.lineno, column=exc.colno

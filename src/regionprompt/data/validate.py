@@ -215,7 +215,8 @@ class ReportBuilder:
     def fatal(self, kind: ProblemKind, message: str, **where: Any) -> DatasetError:
         """Record a problem that stops reading (nothing to skip to) and return the error to raise."""
         self.add(kind, message, **where)
-        return DatasetError(self.report().summary())
+        # One line naming the file (and line/column): the CLI prints it as its ``error:`` line.
+        return DatasetError(str(Problem(kind, f"{message} ({kind.value})", **where)))
 
 
 def is_number(value: Any) -> bool:

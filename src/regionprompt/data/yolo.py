@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from regionprompt.data.model import Annotation, Category, DetectionDataset, Imag
 from regionprompt.data.validate import ProblemKind, ReadResult, ReportBuilder, check_detection_dataset
 from regionprompt.errors import DatasetError
 from regionprompt.logging_utils import get_logger, progress
+from regionprompt.untrusted import MAX_YAML_BYTES, UnsafePathError, check_path_name, load_yaml, safe_child
 
 _log = get_logger("data")
 
@@ -81,7 +83,7 @@ class YoloConfig:
         """Image folders of ``split``: a key of ``data.yaml``, else a folder name under ``root/images``."""
         if split in self.splits:
             return self.splits[split]
-        candidate = self.root / "images" / split
+        candidate = safe_child(self.root / "images", split, what="split", single=True)
         if candidate.is_dir():
             return (candidate,)
         known = ", ".join(sorted(self.splits)) or "none"
@@ -119,7 +121,7 @@ def _parse_names(raw: Any, yaml_path: Path) -> dict[int, str]:
     else:
         raise DatasetError(f"{yaml_path}: 'names' must be a list of names or a mapping {{index: name}}, got {raw!r:.200}")
     if len(set(names.values())) != len(names):
-        dupes = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
+        dupes = sorted(n for n, count in Counter(names.values()).items() if count > 1)[:10]
         raise DatasetError(f"{yaml_path}: duplicate class names {dupes}; names must be unique")
     if not names:
         raise DatasetError(f"{yaml_path}: 'names' is empty")
@@ -135,7 +137,7 @@ def _parse_coco_categories(raw: Any, names: dict[int, str], yaml_path: Path) -> 
             Category(int(c["id"]), str(c["name"]), str(c.get("supercategory", "")), {k: v for k, v in c.items() if k not in ("id", "name", "supercategory")})
             for c in raw
         )
-    except (TypeError, KeyError, ValueError):
+    except (TypeError, KeyError, ValueError, AttributeError):
         _log.warning("%s: ignoring malformed 'coco_categories'", yaml_path)
         return None
     if [c.name for c in categories] != [names[i] for i in sorted(names)] or len({c.id for c in categories}) != len(categories):
@@ -154,13 +156,19 @@ def read_data_yaml(path: str | os.PathLike) -> YoloConfig:
     yaml_path = path / DATA_YAML if path.is_dir() else path
     if not yaml_path.is_file():
         raise DatasetError(f"{yaml_path}: YOLO dataset config not found")
+    if yaml_path.stat().st_size > MAX_YAML_BYTES:
+        raise DatasetError(f"{yaml_path}: {yaml_path.stat().st_size:,} bytes is far too large for a data.yaml "
+                           f"(the limit is {MAX_YAML_BYTES:,})")
     try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+        # Aliases bounded: a "billion laughs" file would otherwise expand when names are walked.
+        data = load_yaml(yaml_path.read_text(encoding="utf-8"))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         raise DatasetError(f"{yaml_path}{where}: invalid YAML: {exc.problem}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{yaml_path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.YAMLError as exc:
         raise DatasetError(f"{yaml_path}: invalid YAML: {exc}") from None
     if not isinstance(data, dict) or "names" not in data:
         raise DatasetError(f"{yaml_path}: expected a mapping with a 'names' key")
@@ -174,7 +182,7 @@ def read_data_yaml(path: str | os.PathLike) -> YoloConfig:
             continue
         entries = [value] if isinstance(value, str) else value
         if not isinstance(entries, list) or not entries or not all(isinstance(e, str) for e in entries):
-            raise DatasetError(f"{yaml_path}: {key!r} must be a folder or a list of folders, got {value!r}")
+            raise DatasetError(f"{yaml_path}: {key!r} must be a folder or a list of folders, got {value!r:.200}")
         splits[key] = tuple(root / e for e in entries)
     extra = {k: v for k, v in data.items() if k not in ("path", "names", "coco_categories", *SPLIT_KEYS)}
     categories = _parse_coco_categories(data.get("coco_categories"), names, yaml_path)
@@ -441,6 +449,13 @@ def write_yolo(
     """
     root = Path(root)
     mode = ImageMode(images)
+    # Split and file names come from input files and options: none may place a file outside ``root``.
+    try:
+        check_path_name(split, what="split", single=True)
+        for img in dataset.images:
+            check_path_name(img.file_name, what=f"image {img.id} file_name")
+    except UnsafePathError as exc:
+        raise DatasetError(str(exc)) from None
     if mode != ImageMode.NONE and image_dir is None:
         raise DatasetError("writing YOLO images needs image_dir (or images='none')")
     index = category_index(dataset.categories)

@@ -208,7 +208,7 @@ def evaluate_text(detector: Detector, data: EvalSet, config: DetectorEvalConfig,
     names = [data.names[c] for c in data.category_ids]
     if concepts is None:
         LOG.info("embedding the vocabulary: %d category names", len(names))
-        concepts = detector.make_concepts(text=names)
+        concepts = detector.make_concepts(text=names, max_prompts=None)  # the whole vocabulary, once
     unknown = sorted({c.name for c in concepts} - set(names))
     if unknown:
         raise EvaluationError(f"concepts {unknown[:5]} name no category of {data.source}")
@@ -224,7 +224,7 @@ def generic_concepts(detector: Detector, exemplars: Mapping[str, Sequence[Exempl
     prompts = [ex.prompt(name) for name, items in exemplars.items() for ex in items]
     if not prompts:
         return []
-    return detector.make_concepts(text=list(exemplars) if with_text else None, boxes=prompts)
+    return detector.make_concepts(text=list(exemplars) if with_text else None, boxes=prompts, max_prompts=None)
 
 
 def evaluate_visual_generic(detector: Detector, data: EvalSet, exemplar_set: EvalSet, config: DetectorEvalConfig,

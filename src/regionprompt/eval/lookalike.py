@@ -157,7 +157,7 @@ def evaluate_negatives(detector: Detector, data: EvalSet, config: DetectorEvalCo
         names = [n for n in names if n in picks]
         concepts = generic_concepts(detector, {n: picks[n] for n in names})
     else:
-        concepts = detector.make_concepts(text=names) if names else []
+        concepts = detector.make_concepts(text=names, max_prompts=None) if names else []
     if len(concepts) < 2:
         raise EvaluationError(f"need two or more categories with boxes in the evaluated images "
                               f"(and exemplars, for visual negatives) to form look-alike pairs; found {len(concepts)}")

@@ -55,6 +55,7 @@ from regionprompt.server.queue import (
 )
 from regionprompt.server.schema import parse_prompts
 from regionprompt.server.settings import ServerSettings
+from regionprompt.untrusted import display_name
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 log = get_logger("server")
@@ -135,7 +136,8 @@ async def _read(upload: UploadFile, settings: ServerSettings, what: str) -> tupl
     data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(status_code=413, detail=f"{what} is larger than {settings.max_upload_bytes} bytes")
-    return upload.filename or what, data
+    # The client's file name only labels messages; it never becomes a path on this machine.
+    return display_name(upload.filename, default=what), data
 
 
 def create_app(detector: DetectorLike, library: ConceptLibrary, settings: ServerSettings | None = None) -> FastAPI:

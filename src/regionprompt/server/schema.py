@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from regionprompt.errors import PromptError
+from regionprompt.untrusted import loads_json
 from regionprompt.prompts import (
     BoxPrompt,
     PointPrompt,
@@ -195,7 +196,7 @@ def parse_prompts(raw: str | bytes, *, num_images: int = 0, max_prompts: int = 6
             the message names the offending entry (``prompts.boxes[1]``).
     """
     try:
-        data = json.loads(raw)
+        data = loads_json(raw)  # deep nesting and 5,000-digit integers are JSONDecodeErrors too: 400, not 500
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PromptError(f"prompts is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from regionprompt.errors import RegionPromptError
+from regionprompt.prompts import MAX_PROMPTS, MAX_TEXT_LENGTH
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,9 @@ class ServerSettings:
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 16_000_000
-    max_prompts: int = 64
+    max_prompts: int = MAX_PROMPTS
     max_prompt_images: int = 8
-    max_text_length: int = 200
+    max_text_length: int = MAX_TEXT_LENGTH
     request_timeout_s: float = 120.0
     workers: int = 1
     max_waiting: int = 8

@@ -14,6 +14,11 @@ from regionprompt.vl.cards import ModelCard
 LEVELS = ("res3", "res4", "res5")
 
 
+#: Largest value of each size field: far above any trained T-Rex2, far below gigabytes of modules.
+_BOUNDS = {"image_size": 4096, "dim": 8192, "heads": 256, "points": 64, "encoder_layers": 64, "decoder_layers": 64,
+           "prompt_layers": 64, "ffn_dim": 65536, "num_queries": 10000}
+
+
 @dataclass(frozen=True)
 class TRex2Card:
     """Everything needed to rebuild a :class:`~regionprompt.trex2.model.TRex2`, plus provenance.
@@ -41,15 +46,19 @@ class TRex2Card:
 
     def __post_init__(self) -> None:
         problems = []
+        # Upper bounds too: a card.json is input, and the model is built from it before any weight is read.
+        for name, high in _BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                problems.append(f"{name} must be an integer in [1, {high}], got {value!r:.40}")
+        if problems:
+            raise CheckpointError("invalid T-Rex2 card: " + "; ".join(problems))
         if self.clip.vision.kind != "resnet":
             problems.append(f"the backbone must be a ResNet CLIP card (multi-scale maps), got {self.clip.name!r}")
         if self.image_size % 32 or self.image_size < 32:
             problems.append(f"image_size must be a positive multiple of 32, got {self.image_size}")
         if self.dim % self.heads or self.dim % 4:
             problems.append(f"dim {self.dim} must be a multiple of 4 and of heads {self.heads}")
-        for name in ("heads", "points", "encoder_layers", "decoder_layers", "prompt_layers", "ffn_dim", "num_queries"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if problems:
             raise CheckpointError("invalid T-Rex2 card: " + "; ".join(problems))
 

@@ -24,6 +24,19 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 TEXT_KINDS = ("clip", "minilm")
+#: Largest width, depth, vocabulary and input a card may describe: far above every released CLIP (ViT-bigG:
+#: width 1664, 48 layers), far below what would need gigabytes before a single weight is read. Cards come
+#: from files (``card.json``) or are inferred from tensor shapes, so both are checked here.
+MAX_WIDTH = 16384
+MAX_LAYERS = 256
+MAX_VOCAB = 2_000_000
+MAX_CONTEXT = 4096
+MAX_IMAGE_SIZE = 4096
+
+
+def _check_range(value: object, low: int, high: int, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ModelCardError(f"{what} must be an integer in [{low}, {high}], got {value!r:.40}")
 
 
 class ModelCardError(RegionPromptError, ValueError):
@@ -56,6 +69,11 @@ class VisionCard:
         return (self.width * 32 if self.kind == "resnet" else self.width) // self.head_width
 
     def validate(self) -> None:
+        _check_range(self.image_size, 1, MAX_IMAGE_SIZE, "vision.image_size")
+        _check_range(self.width, 1, MAX_WIDTH, "vision.width")
+        _check_range(self.head_width, 1, MAX_WIDTH, "vision.head_width")
+        for layers in self.layers if isinstance(self.layers, tuple) else (self.layers,):
+            _check_range(layers, 1, MAX_LAYERS, "vision.layers")
         if self.kind == "resnet":
             if len(self.layers) != 4 or min(self.layers) < 1:  # type: ignore[arg-type]
                 raise ModelCardError(f"vision.layers must be 4 positive ints for a ResNet, got {self.layers}")
@@ -91,6 +109,14 @@ class TextCard:
     def validate(self) -> None:
         if self.kind not in TEXT_KINDS:
             raise ModelCardError(f"text.kind must be one of {TEXT_KINDS}, got {self.kind!r}")
+        if self.kind == "clip":
+            _check_range(self.context_length, 1, MAX_CONTEXT, "text.context_length")
+            _check_range(self.vocab_size, 1, MAX_VOCAB, "text.vocab_size")
+            _check_range(self.width, 1, MAX_WIDTH, "text.width")
+            _check_range(self.heads, 1, MAX_WIDTH, "text.heads")
+            _check_range(self.layers, 1, MAX_LAYERS, "text.layers")
+        else:
+            _check_range(self.hidden_dim, 1, MAX_WIDTH * 4, "text.hidden_dim")
         if self.kind == "clip" and self.width % self.heads:
             raise ModelCardError(f"text width {self.width} must be divisible by heads {self.heads}")
         if self.kind == "minilm" and self.projection not in ("linear", "mlp"):
@@ -117,8 +143,7 @@ class ModelCard:
     metrics: Mapping[str, Any] = field(default_factory=dict)  # measured results (free form)
 
     def __post_init__(self) -> None:
-        if self.embed_dim < 1:
-            raise ModelCardError(f"embed_dim must be positive, got {self.embed_dim}")
+        _check_range(self.embed_dim, 1, MAX_WIDTH, "embed_dim")
         self.vision.validate()
         self.text.validate()
 

@@ -42,6 +42,7 @@ import torch
 from regionprompt.errors import CheckpointError
 from regionprompt.logging_utils import get_logger
 from regionprompt.model_dir import expand_state
+from regionprompt.untrusted import UnsafeArchiveError, check_zip_archive
 from regionprompt.vl.cards import ModelCard, ModelCardError, TextCard, VisionCard, load_card
 from regionprompt.vl.clip_model import CARD_FILE, WEIGHTS_FILE, RegionPromptCLIP, tensors_hash
 
@@ -49,6 +50,9 @@ LOG = get_logger("vl.checkpoints")
 
 #: Entries OpenAI's files carry that are not weights (ints or constant buffers rebuilt by the model).
 NON_WEIGHT_NAMES = frozenset({"input_resolution", "context_length", "vocab_size", "attn_mask"})
+#: Longest text context a loaded model may have: the causal mask, built rather than read from the file,
+#: takes context_length**2 floats (CLIP: 77; long-context variants a few hundred).
+MAX_CONTEXT_LENGTH = 4096
 #: Buffers some exporters drop; the model's own value (a step counter unused in eval) is kept.
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
@@ -186,6 +190,7 @@ def _flatten_script_object(obj: _ScriptObject) -> dict[str, torch.Tensor]:
 def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensor attributes of a TorchScript archive's module tree, by dotted name (no code executed)."""
     path = Path(path)
+    zip_member_names(path)  # declared sizes checked before anything is inflated
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
@@ -394,18 +399,20 @@ def _load_own_directory(directory: Path, card: ModelCard | None) -> RegionPrompt
     state = expand_state(raw)
     if saved.weights_hash and tensors_hash(state.items()) != saved.weights_hash:
         raise CheckpointError(f"{weights}: weights do not match the hash in {CARD_FILE} (modified or corrupted file)")
+    check_state_dict(_meta_model(saved), state, str(weights))  # before allocating what the card says
     model = RegionPromptCLIP.uninitialized(saved)
     model.load_state_dict(check_state_dict(model, state, str(weights)))
     return model.eval()
 
 
 def zip_member_names(path: Path) -> list[str]:
-    """Member names of a zip-format checkpoint (PyTorch's ``torch.save`` or TorchScript archive)."""
+    """Member names of a zip-format checkpoint (PyTorch's ``torch.save`` or TorchScript archive), after
+    checking the sizes its directory declares (:func:`~regionprompt.untrusted.check_zip_archive`): every
+    zip checkpoint goes through here before ``torch.load`` or our TorchScript reader inflates anything."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot read the zip archive (truncated or corrupt?): {exc}") from None
+        return check_zip_archive(path)
+    except UnsafeArchiveError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def is_torchscript(names: list[str]) -> bool:
@@ -438,8 +445,11 @@ def load_checkpoint(
         quick_gelu = True if _looks_openai(raw, fmt) else (expected.quick_gelu if expected else False)
     inferred = infer_card(state, name=expected.name if expected else path.stem, quick_gelu=quick_gelu)
     target = (expected or inferred).with_updates(quick_gelu=quick_gelu)
-    model = RegionPromptCLIP.uninitialized(target)
     try:
+        # Shapes first, on a model without memory: a file of empty tensors can name a 10**9-row
+        # embedding, which only a real allocation would discover.
+        check_state_dict(_meta_model(target), state, str(path))
+        model = RegionPromptCLIP.uninitialized(target)
         checked = check_state_dict(model, state, str(path))
     except CheckpointError as exc:
         if expected is not None and not expected.same_architecture(inferred):
@@ -448,6 +458,19 @@ def load_checkpoint(
     model.load_state_dict(checked)
     LOG.info("loaded %s (%s format, %s, %s)", path, fmt, _describe(target), "QuickGELU" if quick_gelu else "GELU")
     return model.eval()
+
+
+def _meta_model(card: ModelCard) -> RegionPromptCLIP:
+    """The module tree of ``card`` on the meta device (shapes, no memory), to compare with a file's
+    tensors before anything is allocated. Locked-text cards load a language model in ``__init__`` and
+    come from our own shipped cards, so they are built as they are."""
+    if card.text.kind != "clip":
+        return RegionPromptCLIP.uninitialized(card)
+    if card.text.context_length > MAX_CONTEXT_LENGTH:  # its causal mask is context_length**2 floats
+        raise CheckpointError(f"card {card.name!r}: context length {card.text.context_length} is implausible "
+                              f"(the limit is {MAX_CONTEXT_LENGTH})")
+    with torch.device("meta"):
+        return RegionPromptCLIP(card)
 
 
 def _rebuilt_with_activation(model: RegionPromptCLIP, quick_gelu: bool) -> RegionPromptCLIP:
