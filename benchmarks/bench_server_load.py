@@ -3,16 +3,18 @@
 Usage::
 
     python benchmarks/bench_server_load.py [--model default] [--clients 50] [--duration 30] [--size 320] \
-        [--workers 1] [--max-waiting 8]
+        [--configs 1x2 2x1] [--max-waiting 8]
 
-Starts ``regionprompt serve`` in a subprocess on 127.0.0.1 (a free port), waits until ``/health``
-answers, then runs ``--clients`` threads that each send one EmojiWorld scene with a text prompt, again
-and again, for ``--duration`` seconds; then stops the clients and the server by itself (the server is
-killed if it does not exit within 10 s). Nothing leaves the machine.
+For each ``--configs`` entry ``WxT`` (``W`` inference workers, ``T`` torch threads; ``T`` = 0: torch's
+default) in turn: starts ``regionprompt serve`` in a subprocess on 127.0.0.1 (a free port), waits until
+``/health`` answers, then runs ``--clients`` threads that each send one EmojiWorld scene with a text
+prompt, again and again, for ``--duration`` seconds; then stops the clients and the server by itself
+(the server is killed if it does not exit within 10 s). Nothing leaves the machine.
 
-Prints one row per status code (count, median and p95 latency) and the served images/s (200 answers
-per second of the run), then a request made 2 s after the load stopped (must be 200: the server
-recovers). The issue 17 figures (50 clients, 3 minutes, default model): 4.3 images/s served, p95
+Prints, per configuration, one row per status code (count, median and p95 latency), the served
+images/s (200 answers per second of the run) and a request made 2 s after the load stopped (must be
+200: the server recovers); then one comparison table with each configuration's images/s as a ratio
+to the first. The issue 17 figures (50 clients, 3 minutes, default model): 4.3 images/s served, p95
 2.5 s for 200 and 0.05 s for 503, no 5xx.
 """
 
@@ -123,31 +125,23 @@ def run_load(port: int, body: bytes, content_type: str, clients: int, duration: 
     return results, time.monotonic() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="default", help="detector folder, or 'default' (the shipped model)")
-    parser.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
-    parser.add_argument("--size", type=int, default=320, help="scene side in pixels (default 320)")
-    parser.add_argument("--workers", type=int, default=1, help="server inference threads (default 1)")
-    parser.add_argument("--max-waiting", type=int, default=8, help="server queue before 503 (default 8)")
-    parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request in s (default 60)")
-    args = parser.parse_args()
-    if not (1 <= args.clients <= 500 and 0 < args.duration <= 1800):
-        raise SystemExit("--clients must be in 1..500 and --duration in (0, 1800] (a bounded test)")
-
-    body, content_type = multipart(scene_png(args.size), {"text": ["dog", "red apple", "car"]})
+def serve_and_load(args: argparse.Namespace, workers: int, threads: int, body: bytes,
+                   content_type: str) -> tuple[dict[int, list[float]], float, int]:
+    """One configuration: start the server, load it, stop it; ``(latencies by status, seconds, after)``."""
     port = free_port()
     command = [sys.executable, "-m", "regionprompt", "-q", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--model", args.model, "--workers", str(args.workers), "--max-waiting", str(args.max_waiting),
+               "--model", args.model, "--workers", str(workers), "--max-waiting", str(args.max_waiting),
                "--library", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-load-{port}.db")]
+    if threads:
+        command += ["--threads", str(threads)]
     # The server's log goes to a file: a pipe nobody reads would fill up and block it under load.
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-load-{port}.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_healthy(port, server, limit_s=120)
-        print(f"server on 127.0.0.1:{port} (model {args.model}, {args.workers} worker(s), queue {args.max_waiting}); "
+        print(f"\nserver on 127.0.0.1:{port} (model {args.model}, {workers} worker(s), "
+              f"{threads or 'default'} torch threads, queue {args.max_waiting}); "
               f"{args.clients} clients for {args.duration:g} s ...", flush=True)
         results, elapsed = run_load(port, body, content_type, args.clients, args.duration, args.timeout)
         time.sleep(2)
@@ -159,16 +153,54 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+    return results, elapsed, after
 
-    print(f"\n| status | count | median s | p95 s |\n|---|---|---|---|")
-    for status in sorted(results):
-        latencies = results[status]
-        label = "error" if status == 0 else str(status)
-        print(f"| {label} | {len(latencies)} | {percentile(latencies, 0.5):.3f} | {percentile(latencies, 0.95):.3f} |")
-    served = len(results.get(200, []))
-    server_errors = sum(len(v) for k, v in results.items() if k >= 500 and k != 503)
-    print(f"\nserved {served / elapsed:.2f} images/s over {elapsed:.1f} s; 5xx other than 503: {server_errors}; "
-          f"a request 2 s after the load: {after}")
+
+def parse_config(text: str) -> tuple[int, int]:
+    try:
+        workers, threads = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--configs entries are WORKERSxTHREADS such as 1x2, got {text!r}") from None
+    if not (1 <= workers <= 16 and 0 <= threads <= 64):
+        raise SystemExit(f"--configs {text!r}: workers must be in 1..16 and threads in 0..64")
+    return workers, threads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default", help="detector folder, or 'default' (the shipped model)")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per configuration (default 30)")
+    parser.add_argument("--size", type=int, default=320, help="scene side in pixels (default 320)")
+    parser.add_argument("--configs", nargs="+", default=["1x0", "2x1"],
+                        help="server configurations WORKERSxTHREADS, compared in one run (default 1x0 2x1; "
+                        "threads 0: torch's default)")
+    parser.add_argument("--max-waiting", type=int, default=8, help="server queue before 503 (default 8)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request in s (default 60)")
+    args = parser.parse_args()
+    if not (1 <= args.clients <= 500 and 0 < args.duration <= 1800):
+        raise SystemExit("--clients must be in 1..500 and --duration in (0, 1800] (a bounded test)")
+    configs = [parse_config(c) for c in args.configs]
+
+    body, content_type = multipart(scene_png(args.size), {"text": ["dog", "red apple", "car"]})
+    summary = []
+    for workers, threads in configs:
+        results, elapsed, after = serve_and_load(args, workers, threads, body, content_type)
+        print("\n| status | count | median s | p95 s |\n|---|---|---|---|")
+        for status in sorted(results):
+            latencies = results[status]
+            label = "error" if status == 0 else str(status)
+            print(f"| {label} | {len(latencies)} | {percentile(latencies, 0.5):.3f} | {percentile(latencies, 0.95):.3f} |")
+        served = len(results.get(200, []))
+        server_errors = sum(len(v) for k, v in results.items() if k >= 500 and k != 503)
+        print(f"\nserved {served / elapsed:.2f} images/s over {elapsed:.1f} s; 5xx other than 503: {server_errors}; "
+              f"a request 2 s after the load: {after}")
+        summary.append((f"{workers}x{threads or 'default'}", served / elapsed,
+                        percentile(results.get(200, []), 0.95), server_errors, after))
+    print("\n| workers x threads | served images/s | ratio | p95 s (200) | 5xx | after |\n|---|---|---|---|---|---|")
+    for name, rate, p95, errors, after in summary:
+        ratio = rate / summary[0][1] if summary[0][1] else float("nan")
+        print(f"| {name} | {rate:.2f} | {ratio:.2f}x | {p95:.2f} | {errors} | {after} |")
 
 
 if __name__ == "__main__":

@@ -419,7 +419,9 @@ def test_serve_command_starts_a_local_server(tiny_model: Path, tmp_path: Path, s
     port = _free_port()
     env = {**os.environ, "REGIONPROMPT_HOME": str(tmp_path / "home"), "REGIONPROMPT_CACHE_DIR": str(tmp_path / "cache")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "regionprompt", "serve", "--port", str(port), "--model", str(tiny_model)],
+        # Two workers with one torch thread each: two requests run side by side on a 2-core machine.
+        [sys.executable, "-m", "regionprompt", "serve", "--port", str(port), "--model", str(tiny_model),
+         "--workers", "2", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
     )
     try:
@@ -444,4 +446,11 @@ def test_serve_command_starts_a_local_server(tiny_model: Path, tmp_path: Path, s
         process.wait(timeout=30)
     output = process.stdout.read()
     assert f"http://127.0.0.1:{port}/" in output
+
+
+def test_serve_refuses_a_thread_count_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from regionprompt.cli import main
+
+    assert main(["serve", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
 

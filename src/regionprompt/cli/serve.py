@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="default", help="detector folder, or 'default' (the shipped model)")
     parser.add_argument("--library", type=Path, help="concept library file (default $REGIONPROMPT_HOME/concepts.db)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help=f"inference threads (default {defaults.workers})")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the whole server (default: torch's own, one per core); with --workers 2 "
+                        "on a 2-core machine, --threads 1 lets two requests run side by side instead of competing")
     parser.add_argument("--max-waiting", type=int, default=defaults.max_waiting,
                         help=f"requests that may wait for a worker before 503 (default {defaults.max_waiting})")
     parser.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20,
@@ -53,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise RegionPromptError(f"--port must be in 1..65535, got {args.port}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise RegionPromptError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     settings = ServerSettings(
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_image_pixels=args.max_image_pixels,
