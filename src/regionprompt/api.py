@@ -87,8 +87,9 @@ DETECTOR_FILE = "detector.json"
 DETECTOR_KIND = "regionclip-zeroshot"
 TREX2_KIND = "trex2"
 #: How a namer scores T-Rex2's boxes unless told otherwise: the settings of the RegionCLIP tables
-#: (224 px input, the paper's temperature and "auto" background).
-NAMER_CONFIG = ZeroShotConfig(input_size=224, max_proposals=100)
+#: (224 px input, the paper's temperature and "auto" background); it names T-Rex2's 30 best boxes
+#: (on val: text AP50 18.3 with 30, 17.8 with 20, 17.7 with all 60 queries; naming is most of its time).
+NAMER_CONFIG = ZeroShotConfig(input_size=224, max_proposals=30)
 FORMAT_VERSION = 1
 BACKGROUND_FILE = "background.safetensors"  # learned background embedding of a RegionCLIP detector folder
 BACKGROUND_KEY = "background"  # its tensor's name in that file

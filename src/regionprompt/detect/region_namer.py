@@ -89,7 +89,9 @@ class RegionNamer:
         ``categories`` (labels index ``categories``). One call: the phrases are embedded once."""
         proposals = []
         for box, obj in zip(boxes, objectness):
-            order = obj.argsort(descending=True)
+            # Only the best boxes are named: pooling a region (res5 + attention pool) is most of the namer's
+            # time, and low-objectness queries rarely survive sqrt(p * objectness) anyway.
+            order = obj.argsort(descending=True)[: self.config.max_proposals]
             proposals.append(Proposals(box[order].float(), obj[order].float().clamp(0, 1)))
         return self.detector.detect(list(images), categories, proposals=proposals, threshold=threshold)
 

@@ -339,6 +339,7 @@ def evaluate_detector(detector: Detector, gt: str | Path, config: DetectorEvalCo
     namer = getattr(detector.engine, "namer", None)
     if namer is not None:  # model_hash is T-Rex2's alone (concepts depend on it); the namer changes the results too
         settings["namer_hash"] = namer.model.card.weights_hash or namer.model.weights_hash()
+        settings["namer_config"] = namer.config.to_dict()
     if needs_exemplars:
         settings.update(exemplars=exemplar_set.source, exemplar_images=config.exemplar_images)
     if config.mode == "visual-interactive":

@@ -364,7 +364,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     """
     import torch
 
-    from regionprompt.api import Detector
+    from regionprompt.api import NAMER_CONFIG, Detector
     from regionprompt.detect.rpn import ProposalNetwork
     from regionprompt.eval.detector_eval import evaluate_detector
     from regionprompt.eval.detector_eval_config import DetectorEvalConfig
@@ -545,6 +545,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         detector_settings["trex2"] = {"model": hashes["trex2"], "config": config.trex2_detect.to_dict()}
         if config.trex2_namer:
             detector_settings["trex2"]["namer"] = _weights_hash(namer_model)
+            detector_settings["trex2"]["namer_config"] = NAMER_CONFIG.to_dict()
     detector_key = settings_key(detector_settings)
 
     def build_detectors() -> str:
