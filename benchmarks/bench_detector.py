@@ -12,8 +12,8 @@ so a trained model is the honest measure). Inputs are EmojiWorld test scenes of 
 ``predict`` call, threshold 0 (every proposal x prompt pair is a candidate, as in evaluation). Two ways
 to pass the prompts:
 
-* ``text=[...]``: phrases on every call, as a user does (at most ``MAX_PROMPTS`` = 64 per call: the
-  1,177-name row is timed with concepts only); their embeddings come from the embedding
+* ``text=[...]``: phrases on every call, as a user does (a vocabulary over ``MAX_PROMPTS`` per call is
+  timed with concepts only); their embeddings come from the embedding
   cache (warmed before timing), so the row measures the lookup, not the text encoder;
 * ``concepts=[...]``: embedded once with ``make_concepts``, as ``regionprompt eval-detector`` does.
 

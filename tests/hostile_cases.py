@@ -390,11 +390,11 @@ def cli_cases() -> list[Case]:
     many = ",".join(f"thing{i}" for i in range(10_000))
     for key, extra, match in [
         ("text-10000-phrases", ["--text", many], "too many prompts"),
-        ("text-65-phrases", ["--text", ",".join(f"t{i}" for i in range(65))], "limit is 64"),
-        ("text-repeated-65", [a for i in range(65) for a in ("--text", f"t{i}")], "limit is 64"),
+        ("text-2049-phrases", ["--text", ",".join(f"t{i}" for i in range(2049))], "limit is 2048"),
+        ("text-repeated-2049", [a for i in range(2049) for a in ("--text", f"t{i}")], "limit is 2048"),
         ("text-too-long", ["--text", "x" * 201], "limit is 200"),
         ("negative-text-too-long", ["--text", "dog", "--negative-text", "y" * 5000], "limit is 200"),
-        ("boxes-65", ["--text", "dog", "--box-image", "IMAGE", *[a for _ in range(64) for a in ("--box", "1,1,5,5")]],
+        ("boxes-2049", ["--text", "dog", "--box-image", "IMAGE", *[a for _ in range(2048) for a in ("--box", "1,1,5,5")]],
          "too many prompts"),
     ]:
         cases.append(Case(f"cli-detect-{key}", "cli", lambda t, e=extra: _detect_argv(t, *e), match=match))
@@ -429,7 +429,7 @@ def api_cases() -> list[Case]:
         "text-bytes": (_predict(text=b"dog"), "text must be a string"),
         "text-only-commas": (_predict(text=", ;"), "no phrase"),
         "text-10000": (_predict(text=[f"w{i}" for i in range(10_000)]), "too many prompts"),
-        "text-65": (_predict(text=",".join(f"w{i}" for i in range(65))), "limit is 64"),
+        "text-2049": (_predict(text=",".join(f"w{i}" for i in range(2049))), "limit is 2048"),
         "text-too-long": (_predict(text="x" * 201), "limit is 200"),
         "threshold-string": (_predict(text="dog", threshold="0.3"), "threshold"),
         "threshold-bool": (_predict(text="dog", threshold=True), "threshold"),
@@ -453,7 +453,7 @@ def api_cases() -> list[Case]:
         "no-image": (lambda d, _t: d.predict([], text="dog"), "no image"),
         "concept-name-int": (lambda d, _t: d.make_concept(5, text="dog"), "name"),
         "concept-name-long": (lambda d, _t: d.make_concept("n" * 500, text="dog"), "limit is 200"),
-        "make-concepts-65": (lambda d, _t: d.make_concepts(text=[f"w{i}" for i in range(65)]), "limit is 64"),
+        "make-concepts-2049": (lambda d, _t: d.make_concepts(text=[f"w{i}" for i in range(2049)]), "limit is 2048"),
     }
     cases = [Case(f"api-{key}", "api", call, PromptError, match) for key, (call, match) in bad.items()]
     cases += [

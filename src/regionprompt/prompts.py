@@ -25,12 +25,13 @@ from typing import Any, Union
 
 from regionprompt.errors import PromptError
 
-#: Most prompts (phrases + boxes + points + negatives + concepts) in one detection call, and the longest
-#: phrase, label or concept name in characters. The REST server's defaults are these, and the Python API
-#: and the CLI enforce them too: each phrase is a text-encoder pass, so 10,000 phrases would keep a call
-#: busy for minutes with nothing to show. Embed larger vocabularies once with ``make_concepts(...,
-#: max_prompts=None)`` and pass the concepts.
-MAX_PROMPTS = 64
+#: Most prompts (phrases + boxes + points + negatives + concepts) in one detection call of the Python API
+#: and the CLI, and the longest phrase, label or concept name in characters. 2,048 holds LVIS's 1,203
+#: names (auto-labelling a real vocabulary in one command, with the embedding's progress bar) and
+#: refuses 10,000 phrases at once, which would keep a call busy for minutes. Embed larger vocabularies
+#: once with ``make_concepts(..., max_prompts=None)`` and pass the concepts. The REST server takes fewer
+#: per request (:data:`regionprompt.server.settings.SERVER_MAX_PROMPTS`).
+MAX_PROMPTS = 2048
 MAX_TEXT_LENGTH = 200
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from regionprompt.errors import RegionPromptError
-from regionprompt.prompts import MAX_PROMPTS, MAX_TEXT_LENGTH
+from regionprompt.prompts import MAX_TEXT_LENGTH
+
+#: Prompts per request: a request holds a worker for its whole text embedding, so a server takes far
+#: fewer than the Python API (:data:`regionprompt.prompts.MAX_PROMPTS`).
+SERVER_MAX_PROMPTS = 64
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class ServerSettings:
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 16_000_000
-    max_prompts: int = MAX_PROMPTS
+    max_prompts: int = SERVER_MAX_PROMPTS
     max_prompt_images: int = 8
     max_text_length: int = MAX_TEXT_LENGTH
     request_timeout_s: float = 120.0
