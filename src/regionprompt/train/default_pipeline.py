@@ -374,8 +374,8 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
         load_pool_names,
         pseudo_label,
     )
-    from regionprompt.train.clip_pretrain import train_clip
     from regionprompt.train.checkpointing import load_train_state
+    from regionprompt.train.clip_pretrain import train_clip
     from regionprompt.train.loop import CHECKPOINT_FILE
     from regionprompt.train.namer_tuning import tuned_namer, tuned_tower
     from regionprompt.train.ov_transfer import train_regionclip_detector
