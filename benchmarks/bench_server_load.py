@@ -91,7 +91,7 @@ def wait_healthy(port: int, server: subprocess.Popen, limit_s: float) -> None:
             if connection.getresponse().status == 200:
                 return
         except OSError:
-            pass
+            pass  # not listening yet: ask again
         time.sleep(0.5)
     raise SystemExit(f"the server did not answer /health within {limit_s:g} s")
 

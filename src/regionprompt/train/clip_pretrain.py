@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from regionprompt.devices import resolve_device
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.caption_concepts import ConceptHead, caption_concepts
-from regionprompt.train.finalize import save_final_model
+from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
@@ -190,7 +190,7 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
         run_info=asdict(config),
         max_steps_this_run=max_steps_this_run,
     )
-    if result.finished:
+    if needs_final_save(result, out):
         training = {
             "recipe": asdict(config),
             "data": f"EmojiWorld pretrain split, {config.num_scenes} {config.layout} images at {size} px, seed {config.world_seed}",

@@ -478,10 +478,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
                                           cache_dir=paths.cache(specs["namer"]), workers=config.workers,
                                           text_cache=EmbeddingCache(paths.embeddings),
                                           max_steps_this_run=None if stop is None else stop - done)
-            if stop is None:
-                tuned, step = load_checkpoint(paths.namer / MODEL_DIR / "clip").visual.state_dict(), config.namer_tuning.steps
-            else:
-                tuned, step, _ = tuned_tower(checkpoint)
+            tuned, step, _ = tuned_tower(checkpoint)  # the loop checkpoints its last step, stopped or finished
             record = {"stage": "region namer: RegionCLIP transfer on base boxes, mixed with the teacher",
                       "recipe": asdict(config.namer_tuning), "steps_run": step}
             tuned_namer(teacher_model, tuned, config.namer_mix, record).save(namer_model)

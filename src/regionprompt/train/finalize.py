@@ -22,6 +22,16 @@ class SavableModel(Protocol):
     def save(self, directory: str | Path) -> Any: ...
 
 
+def needs_final_save(result: Any, out_dir: str | Path) -> bool:
+    """Whether a run's :class:`~regionprompt.train.loop.LoopResult` still has its final model to write:
+    it finished, and either trained in this call or finds no ``out_dir/model`` (killed between its last
+    checkpoint and the save). Resuming a run that had finished and saved writes nothing: saving again
+    would record this call's empty loss and wall time over the real ones."""
+    if not result.finished:
+        return False
+    return result.step > result.resumed_from or not (Path(out_dir) / MODEL_DIR).is_dir()
+
+
 def save_final_model(model: SavableModel, out_dir: str | Path, training: Mapping[str, Any], *, began: float) -> Path:
     """Record the run in the model's card and save it; returns the model folder ``out_dir/model``.
 

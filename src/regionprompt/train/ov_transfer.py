@@ -54,7 +54,7 @@ from regionprompt.devices import resolve_device
 from regionprompt.errors import RegionPromptError
 from regionprompt.logging_utils import get_logger
 from regionprompt.regionclip.region_encoder import ROI_SIZE, region_feature_map
-from regionprompt.train.finalize import MODEL_DIR, RECIPE_FILE
+from regionprompt.train.finalize import MODEL_DIR, RECIPE_FILE, needs_final_save
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
@@ -448,7 +448,7 @@ def train_regionclip_detector(config: RegionClipTransferConfig, out_dir: str | P
         run_info={"config": asdict(config), "cache": asdict(cache.spec), **start},
         max_steps_this_run=max_steps_this_run,
     )
-    if result.finished:
+    if needs_final_save(result, out):
         for module in (clip_model, model, rpn_model):
             module.to("cpu")
         folder = save_detector(step_losses, out, {

@@ -51,7 +51,7 @@ from regionprompt.regionclip.region_encoder import (
     embed_concepts,
     region_feature_map,
 )
-from regionprompt.train.finalize import save_final_model
+from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache
 from regionprompt.train.schedule import warmup_cosine
@@ -332,7 +332,7 @@ def train_regions(config: RegionPretrainConfig, out_dir: str | Path, *, teacher:
         run_info={"config": asdict(config), "labels": labels_identity},
         max_steps_this_run=max_steps_this_run,
     )
-    if result.finished:
+    if needs_final_save(result, out):
         student = trainer.student.to("cpu")
         teacher_card = trainer.teacher.card
         training = {

@@ -20,7 +20,7 @@ import torch
 
 from regionprompt.detect.rpn import ProposalNetwork, RpnCard
 from regionprompt.logging_utils import get_logger
-from regionprompt.train.finalize import save_final_model
+from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
@@ -144,7 +144,7 @@ def train_rpn(config: RpnTrainConfig, out_dir: str | Path, *, cache_dir: str | P
         run_info=asdict(config),
         max_steps_this_run=max_steps_this_run,
     )
-    if result.finished:
+    if needs_final_save(result, out):
         training = {
             "recipe": asdict(config),
             "data": f"EmojiWorld det-train split, {config.num_scenes} scenes at {config.image_size} px, "

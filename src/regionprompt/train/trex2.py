@@ -33,7 +33,7 @@ from torchvision.ops import box_convert
 from regionprompt.errors import DatasetError, RegionPromptError
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.augment import augment_batch
-from regionprompt.train.finalize import MODEL_DIR, save_final_model
+from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
@@ -452,9 +452,7 @@ def train_trex2(config: TRex2TrainConfig, out_dir: str | Path, *, cache_dir: str
         desc=f"train trex2 ({model.card.clip.name})", samples_per_step=config.batch_size,
         run_info=recipe, max_steps_this_run=max_steps_this_run,
     )
-    if result.finished and result.resumed_from == config.steps and (out / MODEL_DIR / "card.json").is_file():
-        return result  # saved when it finished; saving again would record this call's empty loss and wall time
-    if result.finished:
+    if needs_final_save(result, out):
         training = {
             "recipe": recipe,
             "data": f"EmojiWorld det-train, {config.num_scenes} scenes at {config.image_size} px, seed {config.world_seed}",
