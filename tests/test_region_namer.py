@@ -119,3 +119,28 @@ def test_routing_of_categories_and_concepts():
     assert categories[2].texts == (TextPrompt("red apple"),)
     assert categories[2].negatives == (TextPrompt("tomato", negative=True),)
     assert categories[1].negatives == negated.negatives
+
+
+def test_the_namer_names_only_its_best_boxes(named, scenes):
+    """``namer_config.max_proposals``: of T-Rex2's boxes only the most object-like are named."""
+    from dataclasses import replace as with_changes
+
+    from regionprompt.detect.region_namer import RegionNamer
+    from regionprompt.detect.regionclip.zeroshot import ZeroShotDetector
+    from regionprompt.images import load_image
+
+    scene = scenes[0]
+    concepts = load_concepts()
+    name = concepts.by_id(int(scene.labels()[0])).name
+    truth = torch.from_numpy(scene.boxes_xyxy()).float()
+    objectness = torch.linspace(0.9, 0.5, len(truth))  # the first box is the most object-like
+    namer = named.engine.namer
+    categories = [PromptCategory(name, texts=(TextPrompt(name),))]
+    image = load_image(scene.image)
+    for keep in (1, len(truth)):
+        limited = RegionNamer(ZeroShotDetector(namer.model, None, with_changes(namer.config, max_proposals=keep), cache=None))
+        found = limited.name([image], [truth], [objectness], categories, threshold=0.0)[0]
+        assert len(found) >= 1
+        # Every detection is one of the `keep` best boxes (NMS may only drop some).
+        assert float(box_iou(found.boxes, truth[:keep]).max(dim=1).values.min()) > 0.99
+    assert len(truth) > 1 and float(box_iou(found.boxes, truth[1:]).max()) > 0.99  # with all kept, others are named too
