@@ -229,3 +229,24 @@ def test_a_generic_concept_keeps_its_namer_embedding(named, scenes, other_style,
     wrong = dataclasses.replace(concepts[0], namer_embedding=torch.ones(7))  # another namer's size
     with pytest.raises(PromptError, match="namer embedding"):
         named.predict(scenes[0].image, concepts=[wrong])
+
+
+def test_the_namer_uses_trex2s_score_of_each_category(named, scenes):
+    """With per-category T-Rex2 scores a category T-Rex2 gives 0 is never named, whatever the namer's
+    softmax says; with one objectness per box both categories may be."""
+    from regionprompt.images import load_image
+
+    scene = scenes[0]
+    concepts = load_concepts()
+    first = concepts.by_id(int(scene.labels()[0])).name
+    categories = [PromptCategory(n, texts=(TextPrompt(n),)) for n in (first, "umbrella")]
+    truth = torch.from_numpy(scene.boxes_xyxy()).float()
+    image = load_image(scene.image)
+    scores = torch.zeros(len(truth), 2)
+    scores[:, 0] = 0.8
+    [per_category] = named.engine.namer.name([image], [truth], [scores], categories, threshold=0.01)
+    [shared] = named.engine.namer.name([image], [truth], [scores.max(dim=1).values], categories, threshold=0.01)
+    assert set(per_category.label_names) == {first}
+    assert len(shared) >= len(per_category)
+    first_only = [i for i, n in enumerate(shared.label_names) if n == first]
+    assert torch.allclose(shared.scores[first_only].sort().values, per_category.scores.sort().values)

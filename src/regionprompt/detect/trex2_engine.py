@@ -307,8 +307,8 @@ class TRex2Engine:
         extras: list[list[Detections]] = []
         columns = []
         if named[0]:
-            objectness = [scores[:, named[0]].max(dim=1).values for _, _, scores in found]
-            extras.append(self.namer.name(chunk, boxes, objectness, named[1], threshold))
+            extras.append(self.namer.name(chunk, boxes, [scores[:, named[0]] for _, _, scores in found], named[1],
+                                          threshold))
             columns.append(named[0])
         if matched[0]:
             extras.append(self.namer.match(chunk, boxes, [scores[:, matched[0]] for _, _, scores in found], matched[1],

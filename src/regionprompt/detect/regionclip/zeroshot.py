@@ -5,8 +5,8 @@ or boxes the caller gives, whose objectness is 1) are embedded by the region enc
 (:class:`~regionprompt.detect.regionclip.regions.RegionEncoder`); each region ``r`` and category ``c``
 (:mod:`~regionprompt.detect.regionclip.prompting` builds their embeddings) get the cosine ``s_rc``;
 class probabilities are a softmax of ``s / T`` (RegionCLIP, T = 0.01); the score is
-``sqrt(p_rc * objectness_r)`` (RegionCLIP's combination with the RPN); then threshold, negatives,
-per-class NMS and top-k.
+``sqrt(p_rc * objectness_r)`` (RegionCLIP's combination with the RPN; with proposals that carry
+``class_scores``, ``sqrt(p_rc * class_score_rc)``); then threshold, negatives, per-class NMS and top-k.
 
 Background (``ZeroShotConfig.background``):
 
@@ -320,7 +320,10 @@ class ZeroShotDetector:
             backgrounds = self._backgrounds(recipes, compiled, whole)  # (C, D)
             background_logits = (regions @ backgrounds.t()) / cfg.temperature
             log_p = logits - torch.logaddexp(logits.logsumexp(dim=1, keepdim=True), background_logits)
-        scores = (log_p.exp() * proposals.objectness.float().clamp(0, 1)[:, None]).sqrt()
+        prior = proposals.objectness[:, None] if proposals.class_scores is None else proposals.class_scores
+        if prior.shape[1] not in (1, len(recipes)):
+            raise RegionPromptError(f"proposals carry class scores for {prior.shape[1]} categories, not {len(recipes)}")
+        scores = (log_p.exp() * prior.float().clamp(0, 1)).sqrt()
         rows, cols = (scores >= threshold).nonzero(as_tuple=True)
         keep = torch.ones(len(rows), dtype=torch.bool)
         for c, (_, negatives) in enumerate(finished):
