@@ -14,10 +14,10 @@ from torchvision.ops import box_iou
 
 from regionprompt.api import BACKGROUND_FILE, Detector
 from regionprompt.cli import build_parser, main
-from regionprompt.detect.proposals import Proposals
 from regionprompt.detect.regionclip.zeroshot import ZeroShotConfig, ZeroShotDetector
 from regionprompt.detect.rpn import ProposalNetwork, RpnCard
 from regionprompt.errors import CheckpointError
+from regionprompt.proposals import Proposals
 from regionprompt.train.ov_transfer import (
     BaseClasses,
     RegionClipTransferConfig,
@@ -27,9 +27,9 @@ from regionprompt.train.ov_transfer import (
     train_regionclip_detector,
     transfer_loss,
 )
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.vl.clip_model import build_clip
 from regionprompt.world.concepts import load_concepts
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 
 SCENE_SIZE = 96
 # Small enough for one CPU thread: 64 px model input, 16 RoIs per image, one-template class embeddings.

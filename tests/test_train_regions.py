@@ -24,10 +24,10 @@ from regionprompt.regionclip.pseudo_labels import (
     pseudo_label,
 )
 from regionprompt.train.regions import RegionBatches, RegionPretrainConfig, prepare, repeat_factors, train_regions
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import CLIP_TEXT_KEYS, build_clip
 from regionprompt.world.concepts import load_concepts
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 
 TINY = {"batch_size": 4, "regions_per_image": 3, "warmup_steps": 2, "checkpoint_every": 4}
 

@@ -89,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
         load_pool_names,
         pseudo_label,
     )
-    from regionprompt.train.scene_cache import SceneCache
     from regionprompt.vl.checkpoints import load_checkpoint
     from regionprompt.vl.embeddings import EmbeddingCache
+    from regionprompt.world.scene_cache import SceneCache
 
     torch.set_num_threads(args.threads)
     config = PseudoLabelConfig(threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,

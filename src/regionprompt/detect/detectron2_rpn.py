@@ -49,9 +49,9 @@ from regionprompt.card_json import (
     parse_card_json,
     tuples_like,
 )
-from regionprompt.detect.proposals import Proposals
 from regionprompt.errors import CheckpointError
 from regionprompt.model_dir import CARD_FILE, load_model_dir, save_model_dir
+from regionprompt.proposals import Proposals
 
 RPN_KIND = "detectron2-rpn"
 #: detectron2's default PIXEL_MEAN / PIXEL_STD (BGR, 0..255): the MSRA/caffe ResNet statistics.
@@ -343,7 +343,7 @@ def decode_deltas(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
 
 
 class Detectron2RPN(nn.Module):
-    """A detectron2 R50-FPN or R50-C4 RPN; implements :class:`~regionprompt.detect.proposals.ProposalSource`."""
+    """A detectron2 R50-FPN or R50-C4 RPN; implements :class:`~regionprompt.proposals.ProposalSource`."""
 
     def __init__(self, card: Detectron2RpnCard | None = None) -> None:
         super().__init__()

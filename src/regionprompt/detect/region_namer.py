@@ -27,11 +27,11 @@ from collections.abc import Sequence
 import torch
 
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.proposals import Proposals
 from regionprompt.detect.regionclip.prompting import TEXT_KIND
 from regionprompt.detect.regionclip.zeroshot import ZeroShotDetector
 from regionprompt.images import LoadedImage
 from regionprompt.prompts import PromptCategory, TextPrompt
+from regionprompt.proposals import Proposals
 from regionprompt.results import Detections
 
 

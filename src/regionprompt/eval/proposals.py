@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from regionprompt.detect.proposals import ProposalSource
 from regionprompt.errors import EvaluationError
 from regionprompt.eval.inputs import load_ground_truth
 from regionprompt.images import load_image, to_tensor
 from regionprompt.logging_utils import progress
+from regionprompt.proposals import ProposalSource
 
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 GROUPS: tuple[str, ...] = ("base", "novel", "all", "small", "medium", "large")
@@ -212,7 +212,7 @@ def evaluate_proposals(
     """Run ``source`` on every image of a COCO ground truth and measure its recall.
 
     Args:
-        source: any :class:`~regionprompt.detect.proposals.ProposalSource` (e.g. a trained ``ProposalNetwork``).
+        source: any :class:`~regionprompt.proposals.ProposalSource` (e.g. a trained ``ProposalNetwork``).
         gt: COCO instances JSON (path or dict) whose categories carry ``split`` (an EmojiWorld build).
         image_root: folder the images' ``file_name`` are relative to (default: the JSON's folder, or its
             ``images`` subfolder as EmojiWorld builds lay them out).

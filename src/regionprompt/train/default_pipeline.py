@@ -49,7 +49,7 @@ from regionprompt.train.default_card import (
 )
 from regionprompt.train.default_recipe import DefaultPipelineConfig
 from regionprompt.train.finalize import MODEL_DIR, RECIPE_FILE
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec
 
 _log = get_logger("train.default")
 
@@ -381,13 +381,13 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     from regionprompt.train.ov_transfer import train_regionclip_detector
     from regionprompt.train.regions import train_regions
     from regionprompt.train.rpn import train_rpn
-    from regionprompt.train.scene_cache import build_scene_cache
     from regionprompt.train.trex2 import train_trex2
     from regionprompt.trex2.model import TRex2
     from regionprompt.vl.checkpoints import load_checkpoint
     from regionprompt.vl.clip_model import RegionPromptCLIP
     from regionprompt.vl.embeddings import EmbeddingCache
     from regionprompt.world.build import build_world
+    from regionprompt.world.scene_cache import build_scene_cache
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

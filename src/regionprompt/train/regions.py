@@ -53,11 +53,11 @@ from regionprompt.regionclip.region_encoder import (
 )
 from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
-from regionprompt.train.scene_cache import SceneCache
 from regionprompt.train.schedule import warmup_cosine
 from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache
+from regionprompt.world.scene_cache import SceneCache
 
 _log = get_logger("train.regions")
 

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.proposals import Proposals
 from regionprompt.errors import PromptError
 from regionprompt.images import LoadedImage, describe_source, load_image
 from regionprompt.prompts import (
@@ -43,6 +42,7 @@ from regionprompt.prompts import (
     TextPrompt,
     VisualPrompt,
 )
+from regionprompt.proposals import Proposals
 from regionprompt.vl.embeddings import PromptEmbedder
 
 #: Source kinds written into :attr:`PromptConcept.sources` (``"negative": true`` marks negatives).

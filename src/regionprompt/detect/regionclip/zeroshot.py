@@ -1,6 +1,6 @@
 """Zero-shot RegionCLIP detection: proposals -> region embeddings -> cosine with prompt embeddings.
 
-For each image: class-agnostic proposals (any :class:`~regionprompt.detect.proposals.ProposalSource`,
+For each image: class-agnostic proposals (any :class:`~regionprompt.proposals.ProposalSource`,
 or boxes the caller gives, whose objectness is 1) are embedded by the region encoder
 (:class:`~regionprompt.detect.regionclip.regions.RegionEncoder`); each region ``r`` and category ``c``
 (:mod:`~regionprompt.detect.regionclip.prompting` builds their embeddings) get the cosine ``s_rc``;
@@ -45,7 +45,6 @@ from torchvision.ops import batched_nms
 
 from regionprompt.boxes import as_box_tensor
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.proposals import Proposals, ProposalSource
 from regionprompt.detect.regionclip.prompting import (
     CategoryRecipe,
     CompiledPrompts,
@@ -57,6 +56,7 @@ from regionprompt.detect.regionclip.regions import RegionEncoder
 from regionprompt.errors import BoxFormatError, CheckpointError, RegionPromptError
 from regionprompt.images import LoadedImage, load_image, to_tensor
 from regionprompt.prompts import PromptCategory, validate_visual_prompts
+from regionprompt.proposals import Proposals, ProposalSource
 from regionprompt.results import Detections
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache, PromptEmbedder

@@ -1,4 +1,4 @@
-"""What every proposal source returns, so detectors do not depend on how proposals are made."""
+"""What every proposal source returns, so detectors and pseudo-labelling do not depend on how proposals are made."""
 
 from __future__ import annotations
 
