@@ -33,12 +33,8 @@ from regionprompt.api import Detector
 from regionprompt.concept import PromptConcept
 from regionprompt.errors import EvaluationError
 from regionprompt.eval.coco_eval import evaluate_detections
-from regionprompt.eval.detector_eval import (
-    DetectorEvalConfig,
-    generic_concepts,
-    predict_units,
-    proposals_for,
-)
+from regionprompt.eval.detector_eval_config import DetectorEvalConfig
+from regionprompt.eval.detector_runner import generic_concepts, predict_units, proposals_for
 from regionprompt.eval.eval_set import (
     EvalImage,
     EvalSet,
