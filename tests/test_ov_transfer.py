@@ -325,8 +325,8 @@ def test_cli_help_and_tiny_run(tmp_path, models, cache_dir, capsys):
 
 def test_tuned_namer_interpolates_the_image_tower_between_start_and_transfer(trained, models):
     from regionprompt.errors import RegionPromptError
+    from regionprompt.interop.checkpoints import load_checkpoint
     from regionprompt.train.namer_tuning import tuned_namer, tuned_tower
-    from regionprompt.vl.checkpoints import load_checkpoint
 
     tower, step, info = tuned_tower(trained / "checkpoint.pt")
     assert step == OVERFIT_STEPS and info["config"]["steps"] == OVERFIT_STEPS

@@ -9,6 +9,7 @@ import torch
 
 from regionprompt.cli import main
 from regionprompt.errors import RegionPromptError
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.regionclip.label_store import (
     MANIFEST_FILE,
     PseudoLabelError,
@@ -28,7 +29,6 @@ from regionprompt.regionclip.pseudo_labels import (
     pseudo_label,
 )
 from regionprompt.regionclip.region_encoder import embed_concepts
-from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import build_clip
 from regionprompt.vl.concept_pool import ConceptPool
 from regionprompt.world.concepts import load_concepts

@@ -11,6 +11,7 @@ import torch
 from regionprompt.cli import main
 from regionprompt.devices import resolve_device
 from regionprompt.errors import RegionPromptError
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.regionclip.label_store import PseudoLabels, PseudoLabelWriter
 from regionprompt.regionclip.losses import (
     concept_contrastive_loss,
@@ -24,7 +25,6 @@ from regionprompt.regionclip.pseudo_labels import (
     pseudo_label,
 )
 from regionprompt.train.regions import RegionBatches, RegionPretrainConfig, prepare, repeat_factors, train_regions
-from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import CLIP_TEXT_KEYS, build_clip
 from regionprompt.world.concepts import load_concepts
 from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache

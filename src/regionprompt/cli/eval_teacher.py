@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from regionprompt.eval.zero_shot import evaluate_teacher, teacher_markdown
-    from regionprompt.vl.checkpoints import load_checkpoint
+    from regionprompt.interop.checkpoints import load_checkpoint
 
     model = load_checkpoint(args.model)
     pretrain_captions = None

@@ -81,6 +81,7 @@ def _load_rpn(path: Path):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from regionprompt.interop.checkpoints import load_checkpoint
     from regionprompt.regionclip.label_store import PseudoLabels
     from regionprompt.regionclip.oracle import SceneBoxProposals
     from regionprompt.regionclip.precision import precision_report
@@ -89,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
         load_pool_names,
         pseudo_label,
     )
-    from regionprompt.vl.checkpoints import load_checkpoint
     from regionprompt.vl.embeddings import EmbeddingCache
     from regionprompt.world.scene_cache import SceneCache
 

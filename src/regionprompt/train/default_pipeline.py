@@ -368,6 +368,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     from regionprompt.detect.rpn import ProposalNetwork
     from regionprompt.eval.detector_eval import evaluate_detector
     from regionprompt.eval.detector_eval_config import DetectorEvalConfig
+    from regionprompt.interop.checkpoints import load_checkpoint
     from regionprompt.regionclip.label_store import PseudoLabels
     from regionprompt.regionclip.pseudo_labels import (
         EMOJIWORLD_POOL,
@@ -383,7 +384,6 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     from regionprompt.train.rpn import train_rpn
     from regionprompt.train.trex2 import train_trex2
     from regionprompt.trex2.model import TRex2
-    from regionprompt.vl.checkpoints import load_checkpoint
     from regionprompt.vl.clip_model import RegionPromptCLIP
     from regionprompt.vl.embeddings import EmbeddingCache
     from regionprompt.world.build import build_world

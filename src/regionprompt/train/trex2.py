@@ -31,6 +31,7 @@ import torch
 from torchvision.ops import box_convert
 
 from regionprompt.errors import DatasetError, RegionPromptError
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.augment import augment_batch
 from regionprompt.train.finalize import needs_final_save, save_final_model
@@ -44,7 +45,6 @@ from regionprompt.trex2.prompt_encoder import mean_embedding
 from regionprompt.trex2.structures import DetectionTarget
 from regionprompt.trex2.visual_prompts import make_prompt_batch
 from regionprompt.vl.cards import load_card
-from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache
 from regionprompt.world.concepts import load_concepts

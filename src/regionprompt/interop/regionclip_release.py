@@ -51,18 +51,13 @@ import torch
 from regionprompt.detect.detectron2_rpn import Detectron2RPN, rpn_from_state
 from regionprompt.detect.regionclip.zeroshot import LEARNED_BACKGROUND, ZeroShotConfig
 from regionprompt.errors import CheckpointError, RegionPromptError
+from regionprompt.interop.checkpoints import infer_card, is_torchscript, zip_member_names
 from regionprompt.logging_utils import get_logger
 from regionprompt.vl.cards import ModelCard, ModelCardError, VisionCard
-from regionprompt.vl.checkpoints import (
-    check_state_dict,
-    infer_card,
-    is_torchscript,
-    zip_member_names,
-)
-from regionprompt.vl.clip_model import CLIP_TEXT_KEYS, RegionPromptCLIP
+from regionprompt.vl.clip_model import CLIP_TEXT_KEYS, RegionPromptCLIP, check_state_dict
 from regionprompt.vl.vocabulary import VocabularyCLIP, VocabularyTextEncoder
 
-LOG = get_logger("vl.regionclip_release")
+LOG = get_logger("interop.regionclip_release")
 
 STUDENT = "backbone."
 TEACHER = "teacher_backbone."
@@ -131,7 +126,7 @@ def load_weights_only(path: str | Path) -> Any:
         names = zip_member_names(path)
         if is_torchscript(names):
             raise CheckpointError(f"{path}: a TorchScript archive (an OpenAI CLIP .pt?), not a RegionCLIP checkpoint; "
-                                  "load OpenAI/open_clip files with regionprompt.vl.checkpoints.load_checkpoint")
+                                  "load OpenAI/open_clip files with regionprompt.interop.checkpoints.load_checkpoint")
         if not any(n.endswith("/data.pkl") for n in names):
             raise CheckpointError(f"{path}: a zip archive, but not a PyTorch checkpoint (no data.pkl)")
     elif head[:1] != b"\x80":  # neither torch.save's zip format nor a (legacy) pickle
@@ -290,7 +285,7 @@ def _check_is_regionclip(state: Mapping[str, torch.Tensor], prefix: str, source:
                               "pretraining checkpoints carry one; drop --teacher to import the student backbone.*")
     if "visual.conv1.weight" in state or "visual.proj" in state:
         raise CheckpointError(f"{source}: an OpenAI/open_clip CLIP state dict (visual.*), not a RegionCLIP checkpoint; "
-                              "load it with regionprompt.vl.checkpoints.load_checkpoint")
+                              "load it with regionprompt.interop.checkpoints.load_checkpoint")
     if "backbone.bottom_up.stem.conv1.weight" in state or "backbone.stem.conv1.weight" in state:
         raise CheckpointError(f"{source}: a detectron2 ResNet RPN/detector checkpoint (backbone.*stem.*), not a "
                               "RegionCLIP CLIP backbone; give it as --rpn")

@@ -41,20 +41,22 @@ import torch
 
 from regionprompt.errors import CheckpointError
 from regionprompt.logging_utils import get_logger
-from regionprompt.model_dir import expand_state
 from regionprompt.untrusted import UnsafeArchiveError, check_zip_archive
 from regionprompt.vl.cards import ModelCard, ModelCardError, TextCard, VisionCard, load_card
-from regionprompt.vl.clip_model import CARD_FILE, WEIGHTS_FILE, RegionPromptCLIP, tensors_hash
+from regionprompt.vl.clip_model import (
+    CARD_FILE,
+    WEIGHTS_FILE,
+    RegionPromptCLIP,
+    check_state_dict,
+    describe_card,
+    load_clip_dir,
+    meta_model,
+)
 
-LOG = get_logger("vl.checkpoints")
+LOG = get_logger("interop.checkpoints")
 
 #: Entries OpenAI's files carry that are not weights (ints or constant buffers rebuilt by the model).
 NON_WEIGHT_NAMES = frozenset({"input_resolution", "context_length", "vocab_size", "attn_mask"})
-#: Longest text context a loaded model may have: the causal mask, built rather than read from the file,
-#: takes context_length**2 floats (CLIP: 77; long-context variants a few hundred).
-MAX_CONTEXT_LENGTH = 4096
-#: Buffers some exporters drop; the model's own value (a step counter unused in eval) is kept.
-OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32,
@@ -333,45 +335,6 @@ def infer_card(state: Mapping[str, torch.Tensor], *, name: str = "inferred", qui
         raise CheckpointError(f"cannot infer a CLIP architecture from the weights: {exc}") from None
 
 
-def _describe(card: ModelCard) -> str:
-    v = card.vision
-    tower = f"ResNet layers {v.layers} width {v.width}" if v.kind == "resnet" else f"ViT-{v.layers}L width {v.width} patch {v.patch_size}"
-    return f"{tower}, {v.image_size} px, embed {card.embed_dim}, text {card.text.layers}L width {card.text.width}"
-
-
-def check_state_dict(model: RegionPromptCLIP, state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Compare ``state`` with the model's keys and shapes; the dict to load (optional buffers filled in).
-
-    Raises :class:`CheckpointError` listing shape mismatches first (an architecture mismatch), then
-    missing and unexpected keys (a few of each).
-    """
-    expected = model.state_dict()
-    mismatched = [
-        f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIXES)]
-    unexpected = [k for k in state if k not in expected]
-    if mismatched:
-        raise CheckpointError(
-            f"{source}: architecture mismatch with card {model.card.name!r} ({_describe(model.card)}): "
-            f"{len(mismatched)} tensors differ, e.g. " + "; ".join(mismatched[:3])
-        )
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:4])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:4])})")
-        raise CheckpointError(f"{source}: does not match card {model.card.name!r}: " + "; ".join(parts))
-    full = dict(state)
-    for k, v in expected.items():
-        if k not in full:  # an optional step counter: zero, as a freshly built BatchNorm has
-            full[k] = torch.zeros_like(v, device="cpu")
-    return full
-
-
 # ---- entry point -------------------------------------------------------------------------------
 
 
@@ -382,27 +345,6 @@ def _resolve_card(card: ModelCard | str | None) -> ModelCard | None:
         return load_card(card)
     except ModelCardError as exc:
         raise CheckpointError(str(exc)) from None
-
-
-def _load_own_directory(directory: Path, card: ModelCard | None) -> RegionPromptCLIP:
-    try:
-        saved = load_card(directory / CARD_FILE)
-    except ModelCardError as exc:
-        raise CheckpointError(str(exc)) from None
-    if card is not None and not card.same_architecture(saved):
-        raise CheckpointError(
-            f"{directory}: saved model is {saved.name!r} ({_describe(saved)}), not the requested "
-            f"{card.name!r} ({_describe(card)})"
-        )
-    weights = directory / WEIGHTS_FILE
-    raw, _ = read_state_dict(weights)
-    state = expand_state(raw)
-    if saved.weights_hash and tensors_hash(state.items()) != saved.weights_hash:
-        raise CheckpointError(f"{weights}: weights do not match the hash in {CARD_FILE} (modified or corrupted file)")
-    check_state_dict(_meta_model(saved), state, str(weights))  # before allocating what the card says
-    model = RegionPromptCLIP.uninitialized(saved)
-    model.load_state_dict(check_state_dict(model, state, str(weights)))
-    return model.eval()
 
 
 def zip_member_names(path: Path) -> list[str]:
@@ -435,7 +377,7 @@ def load_checkpoint(
     path = Path(path)
     expected = _resolve_card(card)
     if path.is_dir() or (path.name == WEIGHTS_FILE and (path.parent / CARD_FILE).is_file()):
-        model = _load_own_directory(path if path.is_dir() else path.parent, expected)
+        model = load_clip_dir(path if path.is_dir() else path.parent, expected)
         if quick_gelu is not None and quick_gelu != model.card.quick_gelu:
             model = _rebuilt_with_activation(model, quick_gelu)
         return model
@@ -448,29 +390,16 @@ def load_checkpoint(
     try:
         # Shapes first, on a model without memory: a file of empty tensors can name a 10**9-row
         # embedding, which only a real allocation would discover.
-        check_state_dict(_meta_model(target), state, str(path))
+        check_state_dict(meta_model(target), state, str(path))
         model = RegionPromptCLIP.uninitialized(target)
         checked = check_state_dict(model, state, str(path))
     except CheckpointError as exc:
         if expected is not None and not expected.same_architecture(inferred):
-            raise CheckpointError(f"{exc}; the file holds {_describe(inferred)}") from None
+            raise CheckpointError(f"{exc}; the file holds {describe_card(inferred)}") from None
         raise
     model.load_state_dict(checked)
-    LOG.info("loaded %s (%s format, %s, %s)", path, fmt, _describe(target), "QuickGELU" if quick_gelu else "GELU")
+    LOG.info("loaded %s (%s format, %s, %s)", path, fmt, describe_card(target), "QuickGELU" if quick_gelu else "GELU")
     return model.eval()
-
-
-def _meta_model(card: ModelCard) -> RegionPromptCLIP:
-    """The module tree of ``card`` on the meta device (shapes, no memory), to compare with a file's
-    tensors before anything is allocated. Locked-text cards load a language model in ``__init__`` and
-    come from our own shipped cards, so they are built as they are."""
-    if card.text.kind != "clip":
-        return RegionPromptCLIP.uninitialized(card)
-    if card.text.context_length > MAX_CONTEXT_LENGTH:  # its causal mask is context_length**2 floats
-        raise CheckpointError(f"card {card.name!r}: context length {card.text.context_length} is implausible "
-                              f"(the limit is {MAX_CONTEXT_LENGTH})")
-    with torch.device("meta"):
-        return RegionPromptCLIP(card)
 
 
 def _rebuilt_with_activation(model: RegionPromptCLIP, quick_gelu: bool) -> RegionPromptCLIP:
