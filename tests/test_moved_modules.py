@@ -10,14 +10,15 @@ MOVED = [
      ["SceneCache", "SceneCacheSpec", "build_scene_cache"]),
     ("regionprompt.detect.proposals", "regionprompt.proposals", ["ProposalSource", "Proposals"]),
     ("regionprompt.vl.checkpoints", "regionprompt.interop.checkpoints",
-     ["NON_WEIGHT_NAMES", "clean_state_dict", "infer_card", "is_torchscript", "load_checkpoint", "read_state_dict",
-      "read_torchscript_tensors", "zip_member_names"]),
+     ["NON_WEIGHT_NAMES", "clean_state_dict", "infer_card", "load_checkpoint"]),
+    ("regionprompt.vl.checkpoints", "regionprompt.interop.torch_files",
+     ["is_torchscript", "read_state_dict", "read_torchscript_tensors", "zip_member_names"]),
     ("regionprompt.vl.regionclip_release", "regionprompt.interop.regionclip_release",
      importlib.import_module("regionprompt.interop.regionclip_release").__all__),
 ]
 
 
-@pytest.mark.parametrize(("old", "new", "names"), MOVED, ids=[m[0] for m in MOVED])
+@pytest.mark.parametrize(("old", "new", "names"), MOVED, ids=[f"{m[0]}->{m[1]}" for m in MOVED])
 def test_old_path_re_exports_the_new_module(old, new, names):
     old_module, new_module = importlib.import_module(old), importlib.import_module(new)
     for name in names:

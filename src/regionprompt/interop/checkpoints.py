@@ -6,7 +6,7 @@ Supported (detected from the file's content, not its extension):
 * **OpenAI CLIP TorchScript** ``.pt`` (the files OpenAI released): a zip archive with TorchScript code and a
   ``data.pkl``. We never call ``torch.jit.load`` -- it compiles and runs the archive's TorchScript (class
   ``__setstate__`` methods run at load time) -- and ``torch.load(weights_only=True)`` refuses TorchScript
-  archives. Instead :func:`read_torchscript_tensors` unpickles only ``data.pkl`` with an allow-list
+  archives. Instead :func:`~regionprompt.interop.torch_files.read_torchscript_tensors` unpickles only ``data.pkl`` with an allow-list
   unpickler (the "restricting globals" pattern of the Python ``pickle`` docs): every ``__torch__.*`` module
   becomes an inert attribute holder, tensors are rebuilt by our own bounds-checked function from the raw
   storage bytes, and any other global is refused. The code folder is never read;
@@ -29,19 +29,14 @@ mismatch (first differing tensors with both shapes), missing or unexpected keys.
 
 from __future__ import annotations
 
-import io
-import pickle
-import zipfile
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from regionprompt.errors import CheckpointError
+from regionprompt.interop.torch_files import read_state_dict
 from regionprompt.logging_utils import get_logger
-from regionprompt.untrusted import UnsafeArchiveError, check_zip_archive
 from regionprompt.vl.cards import ModelCard, ModelCardError, TextCard, VisionCard, load_card
 from regionprompt.vl.clip_model import (
     CARD_FILE,
@@ -57,210 +52,6 @@ LOG = get_logger("interop.checkpoints")
 
 #: Entries OpenAI's files carry that are not weights (ints or constant buffers rebuilt by the model).
 NON_WEIGHT_NAMES = frozenset({"input_resolution", "context_length", "vocab_size", "attn_mask"})
-
-_STORAGE_DTYPES = {
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}
-
-
-# ---- reading files -------------------------------------------------------------------------------
-
-
-def _describe_non_checkpoint(head: bytes) -> str:
-    if not head:
-        return "an empty file"
-    for magic, kind in (
-        (b"\xff\xd8\xff", "a JPEG image"),
-        (b"\x89PNG", "a PNG image"),
-        (b"GIF8", "a GIF image"),
-        (b"%PDF", "a PDF document"),
-        (b"\x1f\x8b", "a gzip archive"),
-    ):
-        if head.startswith(magic):
-            return kind
-    try:
-        head.decode("utf-8")
-        return "a text file"
-    except UnicodeDecodeError:
-        return "binary data of an unknown kind"
-
-
-def _is_safetensors(head: bytes) -> bool:
-    # 8-byte little-endian header length, then a JSON object.
-    return len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
-
-
-class _ScriptObject:
-    """Inert stand-in for a pickled TorchScript module: it only stores the attribute dict it is given."""
-
-    def __init__(self, *args: Any) -> None:
-        self.attributes: dict[str, Any] = {}
-
-    def __setstate__(self, state: Any) -> None:
-        self.attributes = state if isinstance(state, dict) else {}
-
-
-class _StorageType:
-    def __init__(self, dtype: torch.dtype) -> None:
-        self.dtype = dtype
-
-
-def _identity(value: Any, *_: Any) -> Any:
-    return value
-
-
-class _TorchScriptUnpickler(pickle.Unpickler):
-    """Allow-list unpickler for a TorchScript archive's ``data.pkl``: no callable from the file runs."""
-
-    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, source: Path) -> None:
-        super().__init__(io.BytesIO(data))
-        self.archive = archive
-        self.prefix = prefix
-        self.source = source
-        self.storages: dict[str, torch.Tensor] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("__torch__.") or module == "__torch__":
-            return _ScriptObject
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return self._rebuild_tensor
-        if (module, name) == ("collections", "OrderedDict"):
-            return OrderedDict
-        if module == "torch.jit._pickle" and name.startswith(("build_", "restore_type_tag")):
-            return _identity  # typed-container markers: the value itself is what we need
-        raise CheckpointError(f"{self.source}: refusing to load {module}.{name} from a TorchScript archive")
-
-    def persistent_load(self, pid: Any) -> torch.Tensor:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CheckpointError(f"{self.source}: unexpected persistent id {pid!r:.80} in TorchScript data")
-        _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType):
-            raise CheckpointError(f"{self.source}: unknown storage type in TorchScript data")
-        if key not in self.storages:
-            try:
-                raw = self.archive.read(f"{self.prefix}/data/{key}")
-            except (KeyError, zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise CheckpointError(f"{self.source}: tensor data {key} unreadable (truncated file?): {exc}") from None
-            itemsize = torch.empty((), dtype=storage_type.dtype).element_size()
-            if len(raw) != int(numel) * itemsize:
-                raise CheckpointError(f"{self.source}: tensor data {key} has {len(raw)} bytes, expected {numel * itemsize}")
-            self.storages[key] = torch.frombuffer(bytearray(raw), dtype=storage_type.dtype) if raw else torch.empty(
-                0, dtype=storage_type.dtype
-            )
-        return self.storages[key]
-
-    def _rebuild_tensor(self, storage: Any, offset: int, size: Any, stride: Any, *_: Any) -> torch.Tensor:
-        if not isinstance(storage, torch.Tensor):
-            raise CheckpointError(f"{self.source}: malformed tensor record in TorchScript data")
-        size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
-        if len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
-            raise CheckpointError(f"{self.source}: malformed tensor layout {size} / {stride}")
-        last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
-        if last >= storage.numel():
-            raise CheckpointError(f"{self.source}: tensor layout {size} / {stride} exceeds its data")
-        return torch.as_strided(storage, size, stride, offset).clone()
-
-
-def _flatten_script_object(obj: _ScriptObject) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    stack: list[tuple[str, _ScriptObject]] = [("", obj)]
-    seen: set[int] = set()
-    while stack:
-        prefix, node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        for name, value in node.attributes.items():
-            if isinstance(value, torch.Tensor):
-                out[prefix + name] = value
-            elif isinstance(value, _ScriptObject):
-                stack.append((f"{prefix}{name}.", value))
-    return out
-
-
-def read_torchscript_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensor attributes of a TorchScript archive's module tree, by dotted name (no code executed)."""
-    path = Path(path)
-    zip_member_names(path)  # declared sizes checked before anything is inflated
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
-            if not pickles:
-                raise CheckpointError(f"{path}: zip archive without a data.pkl: not a PyTorch checkpoint")
-            prefix = pickles[0].split("/")[0]
-            root = _TorchScriptUnpickler(archive.read(pickles[0]), archive, prefix, path).load()
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path}: cannot read the TorchScript archive (truncated or corrupt?): {exc}") from None
-    if not isinstance(root, _ScriptObject):
-        raise CheckpointError(f"{path}: TorchScript archive does not hold a module")
-    return _flatten_script_object(root)
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # weights_only refuses non-tensor objects: say so instead of suggesting weights_only=False.
-        first = str(exc).strip().splitlines()[0][:200]
-        raise CheckpointError(f"{path}: contains objects other than tensors; refusing to unpickle it ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path}: cannot read the file (truncated or corrupt?): {str(exc)[:200]}") from None
-
-
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Raw tensors of a checkpoint file and its detected format.
-
-    Returns ``(state, fmt)`` with ``fmt`` one of ``"torchscript"``, ``"torch"`` (``torch.save`` output),
-    ``"safetensors"``. Keys are unchanged (see :func:`clean_state_dict`); only tensors are kept.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    if _is_safetensors(head):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path))), "safetensors"
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: cannot read safetensors file (truncated or corrupt?): {exc}") from None
-    if head.startswith(b"PK\x03\x04"):
-        names = zip_member_names(path)
-        if is_torchscript(names):
-            return read_torchscript_tensors(path), "torchscript"
-        if not any(n.endswith("/data.pkl") for n in names):
-            raise CheckpointError(f"{path}: a zip archive, but not a PyTorch checkpoint (no data.pkl)")
-        return _tensors_of(_torch_load(path), path), "torch"
-    if head[:1] == b"\x80":  # pickle protocol marker: legacy (pre-zip) torch.save format
-        return _tensors_of(_torch_load(path), path), "torch"
-    raise CheckpointError(f"{path}: not a checkpoint, it is {_describe_non_checkpoint(head)}")
-
-
-def _tensors_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]  # open_clip training checkpoint: {"epoch", "name", "state_dict", "optimizer"}
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"{path}: contains no tensors (keys: {', '.join(map(str, list(obj)[:5]))})")
-    return tensors
-
 
 def clean_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Normalise key layout: strip DistributedDataParallel's ``module.``, map open_clip's custom-text
@@ -288,7 +79,8 @@ def _looks_openai(raw: Mapping[str, torch.Tensor], fmt: str) -> bool:
 # ---- architecture ------------------------------------------------------------------------------
 
 
-def _count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+def count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """How many numbered blocks ``prefix<i>.`` the state holds (``prefix`` ends with a dot)."""
     depth = prefix.count(".")
     return len({k.split(".")[depth] for k in state if k.startswith(prefix)})
 
@@ -309,12 +101,12 @@ def infer_card(state: Mapping[str, torch.Tensor], *, name: str = "inferred", qui
             vision = VisionCard(
                 image_size=int(conv.shape[-1]) * grid,
                 width=width,
-                layers=_count_blocks(state, "visual.transformer.resblocks."),
+                layers=count_blocks(state, "visual.transformer.resblocks."),
                 patch_size=int(conv.shape[-1]),
                 mlp_ratio=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
             )
         else:
-            layers = tuple(_count_blocks(state, f"visual.layer{b}.") for b in (1, 2, 3, 4))
+            layers = tuple(count_blocks(state, f"visual.layer{b}.") for b in (1, 2, 3, 4))
             grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
             vision = VisionCard(
                 image_size=grid * 32, width=int(state["visual.layer1.0.conv1.weight"].shape[0]), layers=layers  # type: ignore[arg-type]
@@ -326,7 +118,7 @@ def infer_card(state: Mapping[str, torch.Tensor], *, name: str = "inferred", qui
             vocab_size=int(state["token_embedding.weight"].shape[0]),
             width=text_width,
             heads=max(1, text_width // 64),
-            layers=_count_blocks(state, "transformer.resblocks."),
+            layers=count_blocks(state, "transformer.resblocks."),
         )
         return ModelCard(
             name=name, embed_dim=int(state["text_projection"].shape[1]), vision=vision, text=text, quick_gelu=quick_gelu
@@ -345,21 +137,6 @@ def _resolve_card(card: ModelCard | str | None) -> ModelCard | None:
         return load_card(card)
     except ModelCardError as exc:
         raise CheckpointError(str(exc)) from None
-
-
-def zip_member_names(path: Path) -> list[str]:
-    """Member names of a zip-format checkpoint (PyTorch's ``torch.save`` or TorchScript archive), after
-    checking the sizes its directory declares (:func:`~regionprompt.untrusted.check_zip_archive`): every
-    zip checkpoint goes through here before ``torch.load`` or our TorchScript reader inflates anything."""
-    try:
-        return check_zip_archive(path)
-    except UnsafeArchiveError as exc:
-        raise CheckpointError(str(exc)) from None
-
-
-def is_torchscript(names: list[str]) -> bool:
-    """Whether zip member ``names`` are a TorchScript archive's (code and constants beside the data)."""
-    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
 def load_checkpoint(

@@ -29,17 +29,16 @@ renames them to ``offline_*`` when it loads ``BB_RPN_WEIGHTS``). A concept-embed
 (``lvis_1203_cls_emb.pth``, ``coco_65_cls_emb.pth``...) is one ``(N, D)`` float tensor (D = 1024 for RN50,
 640 for RN50x4), rows in the order of the class names.
 
-Files are read with ``torch.load(weights_only=True)``; numpy arrays (detectron2 pickles) are allowed by
-naming only numpy's array-rebuilding functions, and converted to tensors. Anything else needing a Python
-object is refused with a :class:`~regionprompt.errors.CheckpointError` that lists the objects.
+Files are read by :func:`~regionprompt.interop.torch_files.load_weights_only` (``torch.load(weights_only=True)``);
+numpy arrays (detectron2 pickles) are allowed by naming only numpy's array-rebuilding functions, and converted
+to tensors. Anything else needing a Python object is refused with a
+:class:`~regionprompt.errors.CheckpointError` that lists the objects.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,8 @@ import torch
 from regionprompt.detect.detectron2_rpn import Detectron2RPN, rpn_from_state
 from regionprompt.detect.regionclip.zeroshot import LEARNED_BACKGROUND, ZeroShotConfig
 from regionprompt.errors import CheckpointError, RegionPromptError
-from regionprompt.interop.checkpoints import infer_card, is_torchscript, zip_member_names
+from regionprompt.interop.checkpoints import count_blocks, infer_card
+from regionprompt.interop.torch_files import load_weights_only
 from regionprompt.logging_utils import get_logger
 from regionprompt.vl.cards import ModelCard, ModelCardError, VisionCard
 from regionprompt.vl.clip_model import CLIP_TEXT_KEYS, RegionPromptCLIP, check_state_dict
@@ -71,85 +71,6 @@ REGIONCLIP_INPUT_SIZE = 800
 
 
 # ---- reading files -------------------------------------------------------------------------------
-
-
-def _describe_bytes(head: bytes) -> str:
-    for magic, kind in ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
-                        (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive")):
-        if head.startswith(magic):
-            return kind
-    if not head:
-        return "an empty file"
-    try:
-        head.decode("utf-8")
-        return "a text file"
-    except UnicodeDecodeError:
-        return "binary data of an unknown kind"
-
-
-def _numpy_globals() -> list[Any]:
-    """The numpy functions that rebuild plain arrays, under the names numpy 1 and 2 pickle them with.
-
-    They only construct ndarrays from a dtype and raw bytes (no code from the file runs); object arrays
-    would need further globals, which stay refused.
-    """
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    out: list[Any] = [np.ndarray, np.dtype]
-    # numpy 2 rebuilds each dtype as an instance of its own class (numpy.dtypes.Float32DType...): the numeric
-    # and boolean ones only, so object arrays still fail.
-    out += sorted({type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
-                                                 np.uint32, np.uint64, np.float16, np.float32, np.float64,
-                                                 np.complex64, np.complex128)}, key=lambda c: c.__name__)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        out.append((multiarray._reconstruct, f"{module}._reconstruct"))
-        out.append((multiarray.scalar, f"{module}.scalar"))
-    return out
-
-
-def load_weights_only(path: str | Path) -> Any:
-    """The object a ``torch.save`` file holds, read with ``torch.load(weights_only=True)`` (numpy arrays
-    allowed, see the module docstring).
-
-    Raises:
-        CheckpointError: missing file, not a torch checkpoint (with a guess at what it is), a TorchScript
-            archive, truncated data, or Python objects that weights_only refuses (listed).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"file not found: {path}")
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    if head.startswith(b"PK\x03\x04"):
-        names = zip_member_names(path)
-        if is_torchscript(names):
-            raise CheckpointError(f"{path}: a TorchScript archive (an OpenAI CLIP .pt?), not a RegionCLIP checkpoint; "
-                                  "load OpenAI/open_clip files with regionprompt.interop.checkpoints.load_checkpoint")
-        if not any(n.endswith("/data.pkl") for n in names):
-            raise CheckpointError(f"{path}: a zip archive, but not a PyTorch checkpoint (no data.pkl)")
-    elif head[:1] != b"\x80":  # neither torch.save's zip format nor a (legacy) pickle
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint, it is {_describe_bytes(head)}")
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # noqa: BLE001 -- only zip files can be listed; the message below still says why
-            unsafe = []
-        allowed = {name for entry in _numpy_globals() if isinstance(entry, tuple) for name in entry[1:]}
-        allowed |= {f"{c.__module__}.{c.__qualname__}" for c in _numpy_globals() if isinstance(c, type)}
-        unsafe = [g for g in unsafe if g not in allowed]
-        lines = [ln.strip() for ln in str(exc).splitlines() if "got <" in ln or "Unsupported global" in ln]
-        what = ", ".join(unsafe[:5]) if unsafe else (lines[0][:200] if lines else "objects weights_only refuses")
-        raise CheckpointError(
-            f"{path}: holds Python objects other than tensors and numpy arrays ({what}); refusing to unpickle "
-            "them. Re-save only the weights in a Python you trust, e.g. "
-            "torch.save(torch.load(FILE, weights_only=False)['model'], 'weights.pth')") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path}: cannot read the file (truncated or corrupt?): {str(exc)[:200]}") from None
 
 
 def _as_tensor(value: Any, key: str, path: Path) -> torch.Tensor | None:
@@ -313,11 +234,6 @@ def image_tower_state(state: Mapping[str, torch.Tensor], source: str, *, teacher
     return out
 
 
-def _count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    depth = prefix.count(".")
-    return len({k.split(".")[depth] for k in state if k.startswith(prefix)})
-
-
 def vision_card(visual: Mapping[str, torch.Tensor], *, name: str, source: str) -> ModelCard:
     """The :class:`ModelCard` (image side) of a ``visual.*`` ModifiedResNet, from tensor shapes: blocks per
     stage, stem width, attention-pool grid (input size / 32) and output (joint embedding) dimension."""
@@ -329,7 +245,7 @@ def vision_card(visual: Mapping[str, torch.Tensor], *, name: str, source: str) -
         vision = VisionCard(
             image_size=grid * 32,
             width=int(visual["visual.layer1.0.conv1.weight"].shape[0]),
-            layers=tuple(_count_blocks(visual, f"visual.layer{b}.") for b in (1, 2, 3, 4)),  # type: ignore[arg-type]
+            layers=tuple(count_blocks(visual, f"visual.layer{b}.") for b in (1, 2, 3, 4)),  # type: ignore[arg-type]
         )
         embed_dim = int(visual["visual.attnpool.c_proj.weight"].shape[0])
         return ModelCard(name=name, embed_dim=embed_dim, vision=vision)
