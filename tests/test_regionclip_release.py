@@ -35,9 +35,9 @@ from regionprompt.cli import main
 from regionprompt.detect.detectron2_rpn import (
     Detectron2RPN,
     cell_anchors,
-    rpn_from_state,
 )
 from regionprompt.errors import CheckpointError, PromptError, RegionPromptError
+from regionprompt.interop.detectron2 import rpn_from_state
 from regionprompt.interop.regionclip_release import import_regionclip, read_rpn
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.vocabulary import VocabularyCLIP

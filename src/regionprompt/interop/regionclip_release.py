@@ -47,10 +47,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from regionprompt.detect.detectron2_rpn import Detectron2RPN, rpn_from_state
+from regionprompt.detect.detectron2_rpn import Detectron2RPN
 from regionprompt.detect.regionclip.zeroshot import LEARNED_BACKGROUND, ZeroShotConfig
 from regionprompt.errors import CheckpointError, RegionPromptError
 from regionprompt.interop.checkpoints import count_blocks, infer_card
+from regionprompt.interop.detectron2 import rpn_from_state
 from regionprompt.interop.torch_files import load_weights_only
 from regionprompt.logging_utils import get_logger
 from regionprompt.vl.cards import ModelCard, ModelCardError, VisionCard
@@ -288,7 +289,7 @@ def offline_rpn_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def read_rpn(path: str | Path, **overrides: Any) -> Detectron2RPN:
     """A detectron2 RPN from an ``rpn_*.pth`` release (``backbone.*`` + ``proposal_generator.*``) or from the
-    ``offline_*`` keys of a RegionCLIP checkpoint; ``overrides`` as :func:`card_from_state`."""
+    ``offline_*`` keys of a RegionCLIP checkpoint; ``overrides`` as :func:`~regionprompt.interop.detectron2.card_from_state`."""
     state = read_release_state(path)
     offline = offline_rpn_state(state)
     return rpn_from_state(offline or state, str(path), **overrides)
