@@ -4,12 +4,9 @@ Supported (detected from the file's content, not its extension):
 
 * **our own** model directory: ``card.json`` + ``model.safetensors`` (weights checked against the card's hash);
 * **OpenAI CLIP TorchScript** ``.pt`` (the files OpenAI released): a zip archive with TorchScript code and a
-  ``data.pkl``. We never call ``torch.jit.load`` -- it compiles and runs the archive's TorchScript (class
-  ``__setstate__`` methods run at load time) -- and ``torch.load(weights_only=True)`` refuses TorchScript
-  archives. Instead :func:`~regionprompt.interop.torch_files.read_torchscript_tensors` unpickles only ``data.pkl`` with an allow-list
-  unpickler (the "restricting globals" pattern of the Python ``pickle`` docs): every ``__torch__.*`` module
-  becomes an inert attribute holder, tensors are rebuilt by our own bounds-checked function from the raw
-  storage bytes, and any other global is refused. The code folder is never read;
+  ``data.pkl``, read without running any of it by
+  :func:`~regionprompt.interop.torch_files.read_torchscript_tensors` (the allow-list unpickler described in
+  :mod:`regionprompt.interop.torch_files`);
 * **OpenAI plain state dict** ``.pt`` and **open_clip** checkpoints ``.pt`` / ``.bin`` (``torch.save``
   zip or legacy pickles; possibly wrapped as ``{"state_dict": ..., "epoch": ...}`` with ``module.``
   prefixes from DistributedDataParallel, or with open_clip's ``text.*`` custom-text layout): read with
