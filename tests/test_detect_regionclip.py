@@ -305,7 +305,7 @@ def test_trained_rpn_layout_as_proposal_source(model, scenes):
 def test_top_k_nms_equals_nms_on_every_candidate():
     from torchvision.ops import batched_nms
 
-    from regionprompt.detect.regionclip.zeroshot import top_k_nms
+    from regionprompt.detect.postprocess import top_k_nms
 
     g = torch.Generator().manual_seed(0)
     for trial in range(5):

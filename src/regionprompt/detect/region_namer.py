@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.regionclip.prompting import TEXT_KIND
+from regionprompt.detect.prompting import TEXT_KIND
 from regionprompt.detect.regionclip.zeroshot import ZeroShotDetector
 from regionprompt.images import LoadedImage
 from regionprompt.prompts import PromptCategory, TextPrompt

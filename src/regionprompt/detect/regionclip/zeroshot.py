@@ -41,17 +41,12 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.ops import batched_nms
 
 from regionprompt.boxes import as_box_tensor
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.regionclip.prompting import (
-    CategoryRecipe,
-    CompiledPrompts,
-    PromptCompiler,
-    concept_modalities,
-    mean_embedding,
-)
+from regionprompt.detect.postprocess import select_detections, suppressed_by_negatives
+from regionprompt.detect.prompting import CategoryRecipe, concept_modalities, mean_embedding
+from regionprompt.detect.regionclip.prompting import CompiledPrompts, PromptCompiler
 from regionprompt.detect.regionclip.regions import RegionEncoder
 from regionprompt.errors import BoxFormatError, CheckpointError, RegionPromptError
 from regionprompt.images import LoadedImage, load_image, to_tensor
@@ -139,24 +134,6 @@ def _given(proposals: Sequence[Any], images: Sequence[LoadedImage]) -> list[Prop
             raise BoxFormatError(f"given boxes of {image.name}: every box needs x1 < x2 and y1 < y2")
         out.append(Proposals(boxes, torch.ones(len(boxes))))
     return out
-
-
-def top_k_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float, k: int) -> torch.Tensor:
-    """Indices of the ``k`` best candidates surviving per-class NMS, best first; ``boxes`` ``(N, 4)`` xyxy.
-
-    Per-class NMS of K proposals x C prompts candidates dominates the time with large vocabularies
-    (353k candidates: half the time per image). Whether a candidate survives depends only on
-    higher-scored candidates of its class, so NMS on the top m candidates is exact for them: grow m
-    until ``k`` survive. Same result as NMS on everything.
-    """
-    order = scores.argsort(descending=True)
-    m = 4 * k
-    while True:
-        head = order[:m]
-        kept = head[batched_nms(boxes[head], scores[head], labels[head], iou)]  # sorted by score
-        if len(kept) >= k or m >= len(order):
-            return kept[:k]
-        m *= 4
 
 
 class ZeroShotDetector:
@@ -321,18 +298,12 @@ class ZeroShotDetector:
             background_logits = (regions @ backgrounds.t()) / cfg.temperature
             log_p = logits - torch.logaddexp(logits.logsumexp(dim=1, keepdim=True), background_logits)
         scores = (log_p.exp() * proposals.objectness.float().clamp(0, 1)[:, None]).sqrt()
-        rows, cols = (scores >= threshold).nonzero(as_tuple=True)
-        keep = torch.ones(len(rows), dtype=torch.bool)
-        for c, (_, negatives) in enumerate(finished):
-            if len(negatives) == 0:
-                continue
-            mine = (cols == c).nonzero().flatten()
-            closest_negative = (regions[rows[mine]] @ negatives.t()).max(dim=1).values
-            keep[mine] = closest_negative <= sims[rows[mine], c]
-        rows, cols = rows[keep], cols[keep]
-        top = top_k_nms(proposals.boxes[rows].float(), scores[rows, cols], cols, cfg.nms_iou, cfg.max_detections)
-        return Detections(proposals.boxes[rows[top]].float(), scores[rows[top], cols[top]], cols[top], names, wh,
-                          prompts=prompts, image_name=image.name)
+        # A region goes to no category whose negative prompt it is closer to (cosine) than to the category.
+        suppressed = suppressed_by_negatives(sims, [regions @ negatives.t() for _, negatives in finished])
+        boxes = proposals.boxes.float()
+        rows, cols = select_detections(boxes, scores, threshold, suppressed=suppressed, nms_iou=cfg.nms_iou,
+                                       max_detections=cfg.max_detections)
+        return Detections(boxes[rows], scores[rows, cols], cols, names, wh, prompts=prompts, image_name=image.name)
 
     def _backgrounds(self, recipes: Sequence[CategoryRecipe], compiled: CompiledPrompts,
                      whole_image: torch.Tensor) -> torch.Tensor:
