@@ -63,7 +63,7 @@ from regionprompt.eval.eval_set import (
     pick_exemplars,
 )
 from regionprompt.eval.lookalike import evaluate_negatives, pair_totals, pairs_markdown
-from regionprompt.eval.report import EvalReport
+from regionprompt.eval.report import EvalReport, percent
 from regionprompt.logging_utils import get_logger
 from regionprompt.results import Detections
 
@@ -134,15 +134,11 @@ class DetectorEvalResult:
                     for name, sfx in (("all", ""), ("base", "_base"), ("novel", "_novel"), ("rare (AP_r)", "_r"),
                                       ("common (AP_c)", "_c"), ("frequent (AP_f)", "_f")) if f"AP{sfx}" in summary]
             lines += ["", "| categories | AP | AP50 |", "|---|---:|---:|"]
-            lines += [f"| {name} | {_pct(ap)} | {_pct(ap50)} |" for name, ap, ap50 in rows]
+            lines += [f"| {name} | {percent(ap)} | {percent(ap50)} |" for name, ap, ap50 in rows]
             lines += ["", self.report.to_markdown().replace("## Detection evaluation", "## COCO report")]
         else:
             lines += ["", pairs_markdown(self.pairs, s)]
         return "\n".join(lines).rstrip() + "\n"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 # ---- protocols -------------------------------------------------------------------------------------

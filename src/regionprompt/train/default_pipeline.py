@@ -38,6 +38,7 @@ from typing import Any
 
 from regionprompt.data.files import atomic_write_text, dump_json
 from regionprompt.errors import DatasetError, RegionPromptError
+from regionprompt.eval.report import percent
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.default_card import (
     MODEL_CARD_FILE,
@@ -577,7 +578,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
             atomic_write_text(target / "report.md", result.to_markdown())
             atomic_write_text(target / "report.json", dump_json(result.to_dict(), indent=2))
             summary = result.summary()
-            notes.append(f"{name} AP50 {_pct(summary.get('AP50'))} (novel {_pct(summary.get('AP50_novel'))})")
+            notes.append(f"{name} AP50 {percent(summary.get('AP50'))} (novel {percent(summary.get('AP50_novel'))})")
         return "; ".join(notes)
 
     reports.append(state.run(
@@ -664,10 +665,6 @@ def choose_candidate(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
     if unknown or not evaluations:
         raise ValueError(f"unknown candidates {unknown} (expected some of {', '.join(CANDIDATES)})")
     return max(evaluations, key=lambda n: (evaluations[n]["summary"].get("AP50") or 0.0, -CANDIDATES.index(n)))
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _description(chosen: str, config: DefaultPipelineConfig) -> str:
