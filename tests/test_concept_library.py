@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import sqlite3
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from regionprompt.concept import PromptConcept
+from regionprompt.errors import PromptError
 from regionprompt.concepts import (
     ConceptExistsError,
     ConceptFileError,
@@ -59,6 +61,18 @@ def test_file_round_trip_keeps_everything(tmp_path: Path) -> None:
         assert set(handle.keys()) == {"embedding", "negatives"}
     assert meta["name"] == "red apple" and meta["format"] == "regionprompt-concept"
     assert json.loads(meta["sources"]) == [dict(s) for s in concept.sources]
+
+
+def test_a_namer_embedding_survives_files_renames_and_the_library(tmp_path: Path) -> None:
+    concept = dataclasses.replace(make_concept("mug", 2), namer_embedding=torch.linspace(-1, 1, 24))
+    loaded = load_concept(save_concept(concept, tmp_path / "mug.safetensors"))
+    assert torch.equal(loaded.namer_embedding, concept.namer_embedding)
+    library = ConceptLibrary(tmp_path / "c.db")
+    library.import_file(tmp_path / "mug.safetensors", name="cup")
+    assert torch.equal(library.get("cup").namer_embedding, concept.namer_embedding)
+    assert load_concept(save_concept(make_concept("cat", 1), tmp_path / "cat.safetensors")).namer_embedding is None
+    with pytest.raises(PromptError, match="namer_embedding must be 1-d"):
+        dataclasses.replace(concept, namer_embedding=torch.ones(2, 3))
 
 
 def test_file_without_negatives_round_trips(tmp_path: Path) -> None:

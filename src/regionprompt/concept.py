@@ -9,7 +9,7 @@ detectors refuse concepts of another model.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ class PromptConcept:
         model_hash: weights hash of the model that computed the embeddings.
         sources: JSON-serialisable description of the prompts used, e.g.
             ``{"kind": "text", "text": "dog"}`` or ``{"kind": "box", "image_sha256": ..., "box": [x1, y1, x2, y2]}``.
+        namer_embedding: ``(E,)`` float32, L2-normalised: the exemplars' region embedding by the detector's
+            region namer (:mod:`regionprompt.detect.region_namer`), kept for concepts of exemplars drawn on
+            other images when the detector has a namer; ``None`` otherwise.
     """
 
     name: str
@@ -34,10 +37,14 @@ class PromptConcept:
     model_hash: str
     negatives: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
     sources: tuple[dict[str, Any], ...] = ()
+    namer_embedding: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise PromptError("a concept needs a non-empty name")
+        if self.namer_embedding is not None and self.namer_embedding.ndim != 1:
+            raise PromptError(f"concept {self.name!r}: namer_embedding must be 1-d, got shape "
+                              f"{tuple(self.namer_embedding.shape)}")
         if self.embedding.ndim != 1:
             raise PromptError(f"concept {self.name!r}: embedding must be 1-d, got shape {tuple(self.embedding.shape)}")
         if self.negatives.numel() == 0:
@@ -51,6 +58,10 @@ class PromptConcept:
         kinds = ", ".join(str(s.get("kind", "?")) for s in self.sources) or "no sources"
         return (f"PromptConcept(name={self.name!r}, dim={self.dim}, negatives={len(self.negatives)}, "
                 f"model_hash={self.model_hash[:12]!r}, sources: {kinds})")
+
+    def renamed(self, name: str) -> PromptConcept:
+        """The same concept under another name (every embedding and source kept)."""
+        return replace(self, name=name)
 
     @property
     def dim(self) -> int:

@@ -1,7 +1,8 @@
 """The concept file: one :class:`~regionprompt.concept.PromptConcept` as a ``.safetensors`` file.
 
-Layout: two float32 tensors, ``embedding`` ``(D,)`` and ``negatives`` ``(M, D)`` (``M`` may be 0), and
-the safetensors header's string metadata::
+Layout: two float32 tensors, ``embedding`` ``(D,)`` and ``negatives`` ``(M, D)`` (``M`` may be 0), an
+optional third, ``namer_embedding`` ``(E,)`` (the region namer's embedding of the exemplars, see
+:class:`~regionprompt.concept.PromptConcept`), and the safetensors header's string metadata::
 
     format          "regionprompt-concept"
     format_version  "1"
@@ -94,6 +95,8 @@ def concept_to_bytes(concept: PromptConcept, *, created: str | None = None) -> b
         "embedding": concept.embedding.detach().to("cpu", torch.float32).contiguous(),
         "negatives": concept.negatives.detach().to("cpu", torch.float32).contiguous(),
     }
+    if concept.namer_embedding is not None:
+        tensors["namer_embedding"] = concept.namer_embedding.detach().to("cpu", torch.float32).contiguous()
     return save_tensors(tensors, metadata=metadata)
 
 
@@ -197,9 +200,11 @@ def concept_from_bytes(data: bytes, *, where: str = "<concept bytes>") -> Stored
         raise ConceptFileError(f"{where}: negatives {tuple(negatives.shape)} do not match embedding dim {embedding.shape[0]}")
     if embedding.numel() == 0 or not math.isfinite(float(embedding.norm())) or float(embedding.norm()) == 0.0:
         raise ConceptFileError(f"{where}: the concept embedding is empty or zero")
+    namer_embedding = _tensor(tensors, "namer_embedding", 1, where) if "namer_embedding" in tensors else None
     try:
         concept = PromptConcept(
-            name=meta["name"], embedding=embedding, model_hash=meta["model_hash"], negatives=negatives, sources=tuple(sources)
+            name=meta["name"], embedding=embedding, model_hash=meta["model_hash"], negatives=negatives,
+            sources=tuple(sources), namer_embedding=namer_embedding,
         )
     except RegionPromptError as exc:
         raise ConceptFileError(f"{where}: {exc}") from None

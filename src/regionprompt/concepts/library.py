@@ -274,7 +274,7 @@ class ConceptLibrary:
         """
         name = check_name(concept.name)
         if name != concept.name:
-            concept = PromptConcept(name, concept.embedding, concept.model_hash, concept.negatives, concept.sources)
+            concept = concept.renamed(name)
         created = created or utc_now()
         data = concept_to_bytes(concept, created=created)
         sources = json.dumps(list(concept.sources), ensure_ascii=False, sort_keys=True)
@@ -322,5 +322,5 @@ class ConceptLibrary:
         stored = read_concept_file(path)
         concept = stored.concept
         if name is not None:
-            concept = PromptConcept(check_name(name), concept.embedding, concept.model_hash, concept.negatives, concept.sources)
+            concept = concept.renamed(check_name(name))
         return self.add(concept, replace=replace, created=stored.created)

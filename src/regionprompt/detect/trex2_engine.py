@@ -17,6 +17,9 @@ negative exemplar or phrase is one extra prompt column -- scored, but not allowe
 adding negatives never changes which objects are looked at -- and a query is dropped from category
 ``c`` when it scores higher against any of ``c``'s negatives than against ``c`` itself. Then the score threshold,
 per-category NMS and the top ``max_detections``.
+
+With a region namer (:mod:`~regionprompt.detect.region_namer`) the categories with a name are scored by
+the namer on T-Rex2's boxes, and those of exemplars drawn on other images by both (``sqrt(p * s)``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from regionprompt.detect.prompting import (
     mean_embedding,
     source_record,
 )
-from regionprompt.detect.region_namer import RegionNamer, named_categories
+from regionprompt.detect.region_namer import RegionNamer, concept_matched, matched_by_exemplars, named_categories
 from regionprompt.errors import PromptError
 from regionprompt.images import LoadedImage, load_image, to_tensor
 from regionprompt.prompts import (
@@ -240,12 +243,30 @@ class TRex2Engine:
         check_concept_prompts(categories)
         recipes, records = self.compile(categories)
         none = torch.zeros(0, self.dim)
+        matched = [c for c in categories if matched_by_exemplars(c)] if self.namer is not None else []
+        namer_embeddings = dict(zip(map(id, matched), self.namer.embed_exemplars(matched))) if matched else {}
         out = []
         for category, recipe in zip(categories, recipes):
             embedding, negatives = recipe.finish(none, none)
+            namer_embedding = namer_embeddings.get(id(category))
             out.append(PromptConcept(name=category.name, embedding=embedding.clone(), model_hash=self.model_hash,
-                                     negatives=negatives.clone(), sources=concept_sources(category, records)))
+                                     negatives=negatives.clone(), sources=concept_sources(category, records),
+                                     namer_embedding=None if namer_embedding is None else namer_embedding.clone()))
         return out
+
+    def _matched(self, categories: Sequence[PromptCategory], concepts: Sequence[PromptConcept]
+                 ) -> tuple[list[int], torch.Tensor]:
+        """Which recipes (categories, then concepts) the namer matches by their exemplars, and their
+        namer embeddings ``(C, E)`` (:mod:`~regionprompt.detect.region_namer`)."""
+        if self.namer is None:
+            return [], torch.zeros(0, 0)
+        index = [i for i, c in enumerate(categories) if matched_by_exemplars(c)]
+        rows = self.namer.embed_exemplars([categories[i] for i in index]) if index else []
+        for j, concept in enumerate(concepts):
+            if concept_matched(concept):
+                index.append(len(categories) + j)
+                rows.append(self.namer.check_embedding(concept))
+        return index, torch.stack(rows) if rows else torch.zeros(0, 0)
 
     # ---- detection -------------------------------------------------------------------------------
 
@@ -263,39 +284,52 @@ class TRex2Engine:
             validate_visual_prompts(prompts, image.wh)
         recipes, _ = self.compile(categories, concepts)
         named = named_categories(categories, concepts) if self.namer is not None else ([], [])
+        matched = self._matched(categories, concepts)
+        deferred = [*named[0], *matched[0]]
         out: list[Detections] = []
         step = self.config.batch_size
         for start in range(0, len(loaded), step):
             chunk = loaded[start : start + step]
             encoded = self.model.encode_images(self._pixels(chunk))
-            found = [self._detect_one(image, encoded, i, [im.wh for im in chunk], recipes, threshold, named)
+            found = [self._detect_one(image, encoded, i, [im.wh for im in chunk], recipes, threshold, deferred)
                      for i, image in enumerate(chunk)]
-            out.extend(self._name_chunk(chunk, found, named[0], named[1], threshold))
+            out.extend(self._name_chunk(chunk, found, named, matched, [r.name for r in recipes], threshold))
         return out
 
-    def _name_chunk(self, chunk: Sequence[LoadedImage],
-                    found: Sequence[tuple[Detections, torch.Tensor, torch.Tensor | None]],
-                    named_index: list[int], named: list[PromptCategory], threshold: float) -> list[Detections]:
-        """T-Rex2's detections of a chunk of images plus the namer's for the named categories: one namer
-        call per chunk, so the phrases are embedded once, not once per image."""
-        if not named_index or self.namer is None:
+    def _name_chunk(self, chunk: Sequence[LoadedImage], found: Sequence[tuple[Detections, torch.Tensor, torch.Tensor]],
+                    named: tuple[list[int], list[PromptCategory]], matched: tuple[list[int], torch.Tensor],
+                    names: Sequence[str], threshold: float) -> list[Detections]:
+        """T-Rex2's detections of a chunk of images plus the namer's for the named and the matched
+        categories: one namer call of each per chunk, so the phrases are embedded once, not once per image."""
+        if self.namer is None or not (named[0] or matched[0]):
             return [dets for dets, _, _ in found]
-        by_name = self.namer.name(chunk, [boxes for _, boxes, _ in found], [obj for _, _, obj in found], named, threshold)
+        boxes = [b for _, b, _ in found]
+        extras: list[list[Detections]] = []
+        columns = []
+        if named[0]:
+            objectness = [scores[:, named[0]].max(dim=1).values for _, _, scores in found]
+            extras.append(self.namer.name(chunk, boxes, objectness, named[1], threshold))
+            columns.append(named[0])
+        if matched[0]:
+            extras.append(self.namer.match(chunk, boxes, [scores[:, matched[0]] for _, _, scores in found], matched[1],
+                                           [names[i] for i in matched[0]], threshold))
+            columns.append(matched[0])
         out = []
-        for (dets, _, _), extra in zip(found, by_name):
-            labels = torch.tensor(named_index, dtype=torch.long)[extra.labels]
-            merged = Detections(torch.cat([dets.boxes, extra.boxes]), torch.cat([dets.scores, extra.scores]),
-                                torch.cat([dets.labels, labels]), dets.names, dets.image_wh, prompts=dets.prompts,
+        for k, (dets, _, _) in enumerate(found):
+            parts = [dets] + [extra[k] for extra in extras]
+            labels = [dets.labels] + [torch.tensor(cols, dtype=torch.long)[extra[k].labels]
+                                      for cols, extra in zip(columns, extras)]
+            merged = Detections(torch.cat([p.boxes for p in parts]), torch.cat([p.scores for p in parts]),
+                                torch.cat(labels), dets.names, dets.image_wh, prompts=dets.prompts,
                                 image_name=dets.image_name)
             out.append(merged.topk(self.config.max_detections))
         return out
 
     def _detect_one(self, image: LoadedImage, encoded: EncodedImages, index: int, chunk_wh: list[tuple[int, int]],
-                    recipes: Sequence[CategoryRecipe], threshold: float,
-                    named: tuple[list[int], list[PromptCategory]] = ([], [])
-                    ) -> tuple[Detections, torch.Tensor, torch.Tensor | None]:
-        """T-Rex2's detections of one image (named categories left out), its query boxes ``(Q, 4)`` xyxy
-        pixels and, when some categories are named, the queries' objectness for the namer ``(Q,)``."""
+                    recipes: Sequence[CategoryRecipe], threshold: float, deferred: Sequence[int] = ()
+                    ) -> tuple[Detections, torch.Tensor, torch.Tensor]:
+        """T-Rex2's detections of one image (the ``deferred`` categories, which the namer scores, left out),
+        its query boxes ``(Q, 4)`` xyxy pixels and its query scores ``(Q, C)`` for every category."""
         names = [r.name for r in recipes]
         groups: list[tuple[int, Sequence[VisualPrompt]]] = []
         for recipe in recipes:
@@ -318,18 +352,16 @@ class TRex2Engine:
         width, height = image.wh
         boxes = box_convert(output.boxes[0], "cxcywh", "xyxy") * torch.tensor([width, height, width, height])
         positive = scores[:, : len(recipes)]
-        named_index = named[0]
         own_scores = positive
-        if named_index:  # those columns are scored by the namer below, not by T-Rex2
+        if deferred:  # those columns are scored by the namer (_name_chunk), not by T-Rex2 alone
             own_scores = positive.clone()
-            own_scores[:, named_index] = -1.0
+            own_scores[:, list(deferred)] = -1.0
         suppressed = suppressed_by_negatives(positive, [scores[:, negative] for negative in negative_columns])
         rows, cols = select_detections(boxes, own_scores, threshold, suppressed=suppressed,
                                        nms_iou=self.config.nms_iou, max_detections=self.config.max_detections)
         found = Detections(boxes[rows], positive[rows, cols], cols, names, image.wh,
                            prompts=tuple(r.prompt for r in recipes), image_name=image.name)
-        objectness = positive[:, named_index].max(dim=1).values if named_index else None
-        return found, boxes, objectness
+        return found, boxes, positive
 
     # ---- persistence -----------------------------------------------------------------------------
 

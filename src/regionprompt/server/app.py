@@ -279,9 +279,7 @@ def create_app(detector: DetectorLike, library: ConceptLibrary, settings: Server
         stored = concept_from_bytes(data, where=filename)
         concept = stored.concept
         if name:
-            from regionprompt.concept import PromptConcept
-
-            concept = PromptConcept(check_name(name), concept.embedding, concept.model_hash, concept.negatives, concept.sources)
+            concept = concept.renamed(check_name(name))
         return concept_entry(await run_in_threadpool(library.add, concept, replace=replace, created=stored.created))
 
     @app.delete("/concepts/{name}", summary="Delete a saved concept")
