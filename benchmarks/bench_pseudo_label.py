@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.regionclip.oracle import SceneBoxProposals
 from regionprompt.regionclip.pseudo_labels import PseudoLabelConfig, pseudo_label
-from regionprompt.train.scene_cache import SceneCacheSpec, build_scene_cache
-from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import build_clip
 from regionprompt.vl.embeddings import EmbeddingCache
 from regionprompt.world.concepts import load_concepts
+from regionprompt.world.scene_cache import SceneCacheSpec, build_scene_cache
 
 
 def main() -> None:

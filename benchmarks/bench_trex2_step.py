@@ -22,7 +22,6 @@ os.environ.setdefault("REGIONPROMPT_NO_PROGRESS", "1")
 
 import torch
 
-from regionprompt.train.scene_cache import SceneCacheSpec, build_scene_cache
 from regionprompt.train.trex2 import (
     SceneBatches,
     TRex2Step,
@@ -30,6 +29,7 @@ from regionprompt.train.trex2 import (
     build_model,
     text_table,
 )
+from regionprompt.world.scene_cache import SceneCacheSpec, build_scene_cache
 
 
 class Clock:

@@ -21,9 +21,9 @@ import torch
 
 from regionprompt.logging_utils import progress
 from regionprompt.train.clip_pretrain import ClipPretrainConfig, build_model, contrastive_loss
-from regionprompt.train.scene_cache import SceneCache
 from regionprompt.train.schedule import warmup_cosine
 from regionprompt.world.concepts import load_concepts
+from regionprompt.world.scene_cache import SceneCache
 
 
 def main() -> None:

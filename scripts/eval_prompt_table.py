@@ -21,6 +21,7 @@ from regionprompt.api import Detector
 from regionprompt.data.files import atomic_write_text, dump_json
 from regionprompt.eval.detector_eval import evaluate_detector
 from regionprompt.eval.detector_eval_config import DetectorEvalConfig
+from regionprompt.eval.report import percent
 
 ROWS = {
     "text": dict(mode="text"),
@@ -30,10 +31,6 @@ ROWS = {
     "generic, K = 5": dict(mode="visual-generic", exemplar_images=5),
     "mixed, K = 5 + name": dict(mode="mixed", exemplar_images=5),
 }
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def main() -> None:
@@ -64,8 +61,8 @@ def main() -> None:
         atomic_write_text(folder / "report.md", result.to_markdown())
         s = result.summary()
         images = result.counts.get("images") or 1
-        lines.append(f"| {row} | {_pct(s.get('AP'))} | {_pct(s.get('AP50'))} | {_pct(s.get('AP50_base'))} | "
-                     f"{_pct(s.get('AP50_novel'))} | {_pct(s.get('AP_r'))} | {seconds / images:.2f} |")
+        lines.append(f"| {row} | {percent(s.get('AP'))} | {percent(s.get('AP50'))} | {percent(s.get('AP50_base'))} | "
+                     f"{percent(s.get('AP50_novel'))} | {percent(s.get('AP_r'))} | {seconds / images:.2f} |")
         print(lines[-1], flush=True)
     table = "\n".join(lines) + "\n"
     atomic_write_text(args.out / "table.md", f"Model `{args.model}` ({detector.kind}), {args.gt}, "

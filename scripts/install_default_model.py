@@ -17,7 +17,7 @@ from pathlib import Path
 
 from regionprompt.api import default_model_dir
 from regionprompt.data.files import atomic_write_text
-from regionprompt.vl.checkpoints import load_checkpoint
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.vl.compact import (
     keep_learnt_tokens,
     save_compact,

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from regionprompt.eval.eval_set import load_eval_set
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.regionclip.region_encoder import embed_concepts, encode_regions
-from regionprompt.vl.checkpoints import load_checkpoint
 
 
 def true_name_ranks(model_dir: Path, gt: Path, input_size: int, max_images: int | None) -> dict[str, np.ndarray]:

@@ -23,10 +23,7 @@ from regionprompt.data.files import atomic_write_text, dump_json
 from regionprompt.detect.regionclip.zeroshot import ZeroShotConfig
 from regionprompt.eval.detector_eval import evaluate_detector
 from regionprompt.eval.detector_eval_config import DetectorEvalConfig
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+from regionprompt.eval.report import percent
 
 
 def load_model(path: Path, rpn_dir: Path | None, input_size: int, max_proposals: int) -> Detector:
@@ -82,8 +79,8 @@ def main() -> None:
             atomic_write_text(folder / "report.md", result.to_markdown())
             s = result.summary()
             count = result.counts.get("images") or 1
-            lines.append(f"| {name} | {proposals} | {count} | {_pct(s.get('AP50'))} | {_pct(s.get('AP50_base'))} | "
-                         f"{_pct(s.get('AP50_novel'))} | {_pct(s.get('AP'))} | {seconds / count:.2f} |")
+            lines.append(f"| {name} | {proposals} | {count} | {percent(s.get('AP50'))} | {percent(s.get('AP50_base'))} | "
+                         f"{percent(s.get('AP50_novel'))} | {percent(s.get('AP'))} | {seconds / count:.2f} |")
             print(lines[-1], flush=True)
     table = "\n".join(lines) + "\n"
     atomic_write_text(args.out / "table.md", f"{args.gt}, text prompts, whole vocabulary\n\n" + table)

@@ -497,8 +497,8 @@ def _write_yolo_dataset(file_name: str, split: str = "val") -> Callable[[Path], 
 def files_cases() -> list[Case]:
     from regionprompt.api import Detector
     from regionprompt.concepts.files import load_concept
-    from regionprompt.vl.checkpoints import load_checkpoint
-    from regionprompt.vl.regionclip_release import load_weights_only
+    from regionprompt.interop.checkpoints import load_checkpoint
+    from regionprompt.interop.regionclip_release import load_weights_only
 
     cases = [Case(f"files-concept-{key}", "files", lambda t, b=build: load_concept(_write(t / "c.safetensors", b())),
                   ConceptFileError, match) for key, (build, match) in BAD_CONCEPTS.items()]

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.proposals import Proposals
 from regionprompt.detect.regionclip import (
     RegionEncoder,
     ZeroShotConfig,
@@ -22,6 +21,7 @@ from regionprompt.detect.rpn import ProposalNetwork, RpnCard
 from regionprompt.errors import BoxFormatError, PromptError, RegionPromptError
 from regionprompt.eval.zero_shot import region_embeddings
 from regionprompt.prompts import BoxPrompt, PointPrompt, TextPrompt, group_prompts
+from regionprompt.proposals import Proposals
 from regionprompt.vl.clip_model import build_clip
 from regionprompt.vl.embeddings import PromptEmbedder
 from regionprompt.world.concepts import load_concepts
@@ -305,7 +305,7 @@ def test_trained_rpn_layout_as_proposal_source(model, scenes):
 def test_top_k_nms_equals_nms_on_every_candidate():
     from torchvision.ops import batched_nms
 
-    from regionprompt.detect.regionclip.zeroshot import top_k_nms
+    from regionprompt.detect.postprocess import top_k_nms
 
     g = torch.Generator().manual_seed(0)
     for trial in range(5):

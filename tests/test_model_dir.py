@@ -93,7 +93,7 @@ def test_errors_name_the_problem(tmp_path):
 
 
 def test_compact_clip_folder_is_smaller_and_loads_to_the_same_outputs(tmp_path):
-    from regionprompt.vl.checkpoints import load_checkpoint
+    from regionprompt.interop.checkpoints import load_checkpoint
     from regionprompt.vl.clip_model import build_clip
     from regionprompt.vl.compact import keep_learnt_tokens, save_compact
 

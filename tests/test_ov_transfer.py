@@ -14,10 +14,10 @@ from torchvision.ops import box_iou
 
 from regionprompt.api import BACKGROUND_FILE, Detector
 from regionprompt.cli import build_parser, main
-from regionprompt.detect.proposals import Proposals
 from regionprompt.detect.regionclip.zeroshot import ZeroShotConfig, ZeroShotDetector
 from regionprompt.detect.rpn import ProposalNetwork, RpnCard
 from regionprompt.errors import CheckpointError
+from regionprompt.proposals import Proposals
 from regionprompt.train.ov_transfer import (
     BaseClasses,
     RegionClipTransferConfig,
@@ -27,9 +27,9 @@ from regionprompt.train.ov_transfer import (
     train_regionclip_detector,
     transfer_loss,
 )
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.vl.clip_model import build_clip
 from regionprompt.world.concepts import load_concepts
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 
 SCENE_SIZE = 96
 # Small enough for one CPU thread: 64 px model input, 16 RoIs per image, one-template class embeddings.
@@ -325,8 +325,8 @@ def test_cli_help_and_tiny_run(tmp_path, models, cache_dir, capsys):
 
 def test_tuned_namer_interpolates_the_image_tower_between_start_and_transfer(trained, models):
     from regionprompt.errors import RegionPromptError
+    from regionprompt.interop.checkpoints import load_checkpoint
     from regionprompt.train.namer_tuning import tuned_namer, tuned_tower
-    from regionprompt.vl.checkpoints import load_checkpoint
 
     tower, step, info = tuned_tower(trained / "checkpoint.pt")
     assert step == OVERFIT_STEPS and info["config"]["steps"] == OVERFIT_STEPS

@@ -9,6 +9,7 @@ import torch
 
 from regionprompt.cli import main
 from regionprompt.errors import RegionPromptError
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.regionclip.label_store import (
     MANIFEST_FILE,
     PseudoLabelError,
@@ -28,11 +29,10 @@ from regionprompt.regionclip.pseudo_labels import (
     pseudo_label,
 )
 from regionprompt.regionclip.region_encoder import embed_concepts
-from regionprompt.train.scene_cache import SceneCacheSpec, build_scene_cache
-from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import build_clip
 from regionprompt.vl.concept_pool import ConceptPool
 from regionprompt.world.concepts import load_concepts
+from regionprompt.world.scene_cache import SceneCacheSpec, build_scene_cache
 
 CONFIG = PseudoLabelConfig(templates="single", max_proposals=12, top_k=3, shard_images=3)
 TENSORS = ("image_index", "boxes", "concept", "topk_index", "topk_prob", "objectness")

@@ -35,11 +35,11 @@ from regionprompt.cli import main
 from regionprompt.detect.detectron2_rpn import (
     Detectron2RPN,
     cell_anchors,
-    rpn_from_state,
 )
 from regionprompt.errors import CheckpointError, PromptError, RegionPromptError
+from regionprompt.interop.detectron2 import rpn_from_state
+from regionprompt.interop.regionclip_release import import_regionclip, read_rpn
 from regionprompt.vl.clip_model import RegionPromptCLIP
-from regionprompt.vl.regionclip_release import import_regionclip, read_rpn
 from regionprompt.vl.vocabulary import VocabularyCLIP
 
 WIDTH, EMBED, GRID = 8, 32, 7  # stem width 8 -> res5 256 channels, 4 attention heads; 7x7 pool grid (224 px)

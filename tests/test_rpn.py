@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from regionprompt.cli import main
-from regionprompt.detect.proposals import Proposals
 from regionprompt.detect.rpn import CARD_FILE, WEIGHTS_FILE, ProposalNetwork, RpnCard
 from regionprompt.errors import CheckpointError
 from regionprompt.eval.proposals import (
@@ -16,9 +15,10 @@ from regionprompt.eval.proposals import (
     match_proposals,
     recall_report,
 )
+from regionprompt.proposals import Proposals
 from regionprompt.train.rpn import RpnTrainConfig, train_rpn
-from regionprompt.train.scene_cache import SceneCacheSpec, build_scene_cache
 from regionprompt.world.build import build_world
+from regionprompt.world.scene_cache import SceneCacheSpec, build_scene_cache
 
 TINY_CARD = RpnCard(
     name="rpn-tiny",
@@ -55,7 +55,7 @@ def test_build(tmp_path_factory):
 
 
 def _scene_images(cache_dir, count=2):
-    from regionprompt.train.scene_cache import SceneCache
+    from regionprompt.world.scene_cache import SceneCache
 
     pixels = np.array(SceneCache(cache_dir).images[:count])
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
@@ -148,7 +148,7 @@ def _fixed_batch_loss(model, images, boxes):
 
 
 def test_tiny_training_lowers_the_loss_and_finds_the_objects(tmp_path, det_cache):
-    from regionprompt.train.scene_cache import SceneCache
+    from regionprompt.world.scene_cache import SceneCache
 
     config = RpnTrainConfig(steps=40, checkpoint_every=100, **TINY_TRAIN)
     result = train_rpn(config, tmp_path, cache_dir=det_cache, workers=1)

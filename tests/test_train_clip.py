@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.train.clip_pretrain import ClipPretrainConfig, train_clip
-from regionprompt.vl.checkpoints import load_checkpoint
 
 TINY = dict(card="RN-tiny", text="clip", image_size=64, num_scenes=16, batch_size=8, warmup_steps=2, lr=3e-3, checkpoint_every=5,
             concept_min_count=2, concept_weight=0.3)

@@ -11,6 +11,7 @@ import torch
 from regionprompt.cli import main
 from regionprompt.devices import resolve_device
 from regionprompt.errors import RegionPromptError
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.regionclip.label_store import PseudoLabels, PseudoLabelWriter
 from regionprompt.regionclip.losses import (
     concept_contrastive_loss,
@@ -24,10 +25,9 @@ from regionprompt.regionclip.pseudo_labels import (
     pseudo_label,
 )
 from regionprompt.train.regions import RegionBatches, RegionPretrainConfig, prepare, repeat_factors, train_regions
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
-from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import CLIP_TEXT_KEYS, build_clip
 from regionprompt.world.concepts import load_concepts
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 
 TINY = {"batch_size": 4, "regions_per_image": 3, "warmup_steps": 2, "checkpoint_every": 4}
 

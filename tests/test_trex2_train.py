@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from regionprompt.cli import main
-from regionprompt.train.scene_cache import SceneCacheSpec, build_scene_cache
 from regionprompt.train.trex2 import (
     SceneBatches,
     TRex2Step,
@@ -17,6 +16,7 @@ from regionprompt.train.trex2 import (
     train_trex2,
 )
 from regionprompt.trex2 import TRex2
+from regionprompt.world.scene_cache import SceneCacheSpec, build_scene_cache
 
 TINY = {
     "image_size": 64, "dim": 32, "heads": 2, "points": 2, "encoder_layers": 1, "decoder_layers": 2,
@@ -70,7 +70,7 @@ def test_overfits_scenes_from_box_prompts(tmp_path, cache_dir):
 
 def _step_losses(cache_dir, **changes):
     config = TRex2TrainConfig(steps=10, **{**TINY, **changes})
-    from regionprompt.train.scene_cache import SceneCache
+    from regionprompt.world.scene_cache import SceneCache
 
     model = build_model(config)
     batches = SceneBatches(SceneCache(cache_dir), config.batch_size, config.seed)
@@ -119,7 +119,7 @@ def test_resume_matches_uninterrupted_run_and_saved_model_reloads(tmp_path, cach
     assert a.card.training["recipe"]["steps"] == 6 and a.card.weights_hash
 
     # Saved and reloaded: identical outputs for text and visual prompts.
-    from regionprompt.train.scene_cache import SceneCache
+    from regionprompt.world.scene_cache import SceneCache
 
     batch = SceneBatches(SceneCache(cache_dir), 2, 0)(0)
     box = [torch.from_numpy(batch.boxes[0][:1])]

@@ -9,8 +9,8 @@ from test_trex2_train import TINY as V1_TINY
 
 from regionprompt.errors import RegionPromptError
 from regionprompt.train.augment import augment_batch, outline
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.trex2 import SceneBatches, TRex2Step, TRex2TrainConfig, build_model, text_table, train_trex2
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 
 TINY = {**V1_TINY, "num_scenes": 24}  # more scenes than the v1 tests: partners need shared concepts
 

@@ -21,8 +21,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from regionprompt.errors import CheckpointError, RegionPromptError
+from regionprompt.interop.checkpoints import infer_card, load_checkpoint, read_state_dict
 from regionprompt.vl.cards import load_card
-from regionprompt.vl.checkpoints import infer_card, load_checkpoint, read_state_dict
 from regionprompt.vl.clip_model import RegionPromptCLIP, build_clip
 
 TEXTS = ["a photo of a dog.", "two red apples"]

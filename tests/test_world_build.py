@@ -173,7 +173,7 @@ def test_real_sprites_span_the_size_range(renderer: SceneRenderer) -> None:
 
 
 def test_cli_world_cache_renders_resumes_and_refuses_another_spec(tmp_path, capsys):
-    from regionprompt.train.scene_cache import SceneCache
+    from regionprompt.world.scene_cache import SceneCache
 
     out = tmp_path / "cache"
     args = ["world", "cache", "--split", "pretrain", "--images", "3", "--size", "64", "--canvas", "128",

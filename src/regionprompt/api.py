@@ -57,7 +57,6 @@ from regionprompt.data.files import (
     dump_json,
     is_safe_relative,
 )
-from regionprompt.detect.proposals import ProposalSource
 from regionprompt.detect.regionclip.zeroshot import (
     LEARNED_BACKGROUND,
     ZeroShotConfig,
@@ -78,6 +77,7 @@ from regionprompt.prompts import (
     group_prompts,
     split_phrases,
 )
+from regionprompt.proposals import ProposalSource
 from regionprompt.results import Detections
 from regionprompt.untrusted import loads_json
 from regionprompt.vl.clip_model import RegionPromptCLIP

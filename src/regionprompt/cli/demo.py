@@ -355,27 +355,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
 def text_totals(rows: Sequence[Mapping[str, Any]], threshold: float) -> str:
     """One sentence: the text prompts' objects found and drawn detections right, over all scenes."""
+    from regionprompt.eval.report import percent
+
     found, objects = sum(r["found"] for r in rows), sum(r["objects"] for r in rows)
     correct, drawn = sum(r["correct"] for r in rows), sum(r["drawn"] for r in rows)
-    return (f"text prompts at score >= {threshold}: found {found} of {objects} objects ({_pct(found / objects if objects else None)} %), "
-            f"{correct} of {drawn} drawn detections right ({_pct(correct / drawn if drawn else None)} %)")
+    return (f"text prompts at score >= {threshold}: found {found} of {objects} objects ({percent(found / objects if objects else None)} %), "
+            f"{correct} of {drawn} drawn detections right ({percent(correct / drawn if drawn else None)} %)")
 
 
 def _measured_line(card: Mapping[str, Any]) -> str:
     """The model card's text AP50 (every test image searched for all 1,177 names), or a pointer to it."""
+    from regionprompt.eval.report import percent
+
     evaluation = card.get("evaluation") if isinstance(card.get("evaluation"), dict) else {}
     official = evaluation.get("summary") if isinstance(evaluation.get("summary"), dict) else {}
     if not official:
         return "measured quality: `regionprompt eval-detector --mode text` (every image searched for all 1,177 names)"
     return (f"measured quality (model card, {evaluation.get('data', 'EmojiWorld test')}, every image searched for all "
-            f"1,177 names): text AP50 all {_pct(official.get('AP50'))}, base {_pct(official.get('AP50_base'))}, "
-            f"novel {_pct(official.get('AP50_novel'))}")
+            f"1,177 names): text AP50 all {percent(official.get('AP50'))}, base {percent(official.get('AP50_base'))}, "
+            f"novel {percent(official.get('AP50_novel'))}")
 
 
 def _print_table(rows: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> None:

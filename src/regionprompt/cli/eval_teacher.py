@@ -32,12 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from regionprompt.eval.zero_shot import evaluate_teacher, teacher_markdown
-    from regionprompt.vl.checkpoints import load_checkpoint
+    from regionprompt.interop.checkpoints import load_checkpoint
 
     model = load_checkpoint(args.model)
     pretrain_captions = None
     if args.pretrain_cache is not None:
-        from regionprompt.train.scene_cache import SceneCache
+        from regionprompt.world.scene_cache import SceneCache
 
         pretrain_captions = [c for r in SceneCache(args.pretrain_cache).records for c in r["captions"]]
     test_gt = args.test / "annotations.json" if args.test.is_dir() else args.test

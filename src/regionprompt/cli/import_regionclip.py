@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from regionprompt.errors import RegionPromptError
-    from regionprompt.vl.regionclip_release import import_regionclip_detector
+    from regionprompt.interop.regionclip_release import import_regionclip_detector
 
     if args.rpn is not None and args.no_rpn:
         raise RegionPromptError("--rpn and --no-rpn exclude each other")

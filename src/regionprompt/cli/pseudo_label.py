@@ -81,6 +81,7 @@ def _load_rpn(path: Path):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from regionprompt.interop.checkpoints import load_checkpoint
     from regionprompt.regionclip.label_store import PseudoLabels
     from regionprompt.regionclip.oracle import SceneBoxProposals
     from regionprompt.regionclip.precision import precision_report
@@ -89,9 +90,8 @@ def run(args: argparse.Namespace) -> int:
         load_pool_names,
         pseudo_label,
     )
-    from regionprompt.train.scene_cache import SceneCache
-    from regionprompt.vl.checkpoints import load_checkpoint
     from regionprompt.vl.embeddings import EmbeddingCache
+    from regionprompt.world.scene_cache import SceneCache
 
     torch.set_num_threads(args.threads)
     config = PseudoLabelConfig(threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,

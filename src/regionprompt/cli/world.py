@@ -43,7 +43,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from regionprompt.train.scene_cache import SceneCacheSpec, build_scene_cache
+    from regionprompt.world.scene_cache import SceneCacheSpec, build_scene_cache
 
     spec = SceneCacheSpec(split=args.split, seed=args.seed, num_images=args.images, size=args.size,
                           canvas=args.canvas, layout=args.layout)

@@ -1,10 +1,11 @@
-"""File helpers for dataset I/O: atomic writes, JSON with located errors, header-only image sizes,
-and placing image files into an output dataset (hardlink, else copy)."""
+"""File helpers for dataset I/O: atomic writes, file hashes, JSON with located errors, header-only image sizes,
+placing image files into an output dataset (hardlink, else copy)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import hashlib
 import json
 import os
 import shutil
@@ -60,6 +61,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8, ``\n`` line ends) to ``path`` atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline="\n"))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks (weights files do not fit in memory twice)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def dump_json(data: Any, *, indent: int | None = None) -> str:

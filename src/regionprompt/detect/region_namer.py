@@ -40,12 +40,13 @@ from collections.abc import Sequence
 import torch
 
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.proposals import Proposals
-from regionprompt.detect.regionclip.prompting import TEXT_KIND
-from regionprompt.detect.regionclip.zeroshot import ZeroShotDetector, top_k_nms
+from regionprompt.detect.postprocess import select_detections
+from regionprompt.detect.prompting import TEXT_KIND
+from regionprompt.detect.regionclip.zeroshot import ZeroShotDetector
 from regionprompt.errors import PromptError
 from regionprompt.images import LoadedImage
 from regionprompt.prompts import PromptCategory, TextPrompt
+from regionprompt.proposals import Proposals
 from regionprompt.results import Detections
 
 #: Softmax temperature of region-to-exemplar cosines (they run higher than region-to-text ones); chosen on
@@ -165,10 +166,8 @@ class RegionNamer:
             logits = torch.cat([pooled[:-1] @ embeddings.t(), pooled[:-1] @ pooled[-1:].t()], dim=1)
             p = (logits / EXEMPLAR_TEMPERATURE).softmax(dim=1)[:, :-1]  # the last column: background
             fused = (p * score.clamp(0, 1)).sqrt()
-            rows, cols = (fused >= threshold).nonzero(as_tuple=True)
-            top = top_k_nms(box[rows], fused[rows, cols], cols, cfg.nms_iou, cfg.max_detections)
-            out.append(Detections(box[rows[top]], fused[rows[top], cols[top]], cols[top], list(names), image.wh,
-                                  image_name=image.name))
+            rows, cols = select_detections(box, fused, threshold, nms_iou=cfg.nms_iou, max_detections=cfg.max_detections)
+            out.append(Detections(box[rows], fused[rows, cols], cols, tuple(names), image.wh, image_name=image.name))
         return out
 
 

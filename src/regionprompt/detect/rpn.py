@@ -47,8 +47,8 @@ from regionprompt.card_json import (
     parse_card_json,
     tuples_like,
 )
-from regionprompt.detect.proposals import Proposals
 from regionprompt.errors import CheckpointError
+from regionprompt.proposals import Proposals
 
 # CARD_FILE and WEIGHTS_FILE: the folder's file names, imported from here by the RPN tests.
 from regionprompt.model_dir import (  # noqa: F401
@@ -198,7 +198,7 @@ class NarrowResNet(nn.Module):
 
 
 class ProposalNetwork(nn.Module):
-    """Class-agnostic proposals for any image (implements :class:`~regionprompt.detect.proposals.ProposalSource`).
+    """Class-agnostic proposals for any image (implements :class:`~regionprompt.proposals.ProposalSource`).
 
     Use :meth:`propose` for inference and :meth:`losses` for training; ``forward`` is not used.
     """

@@ -33,7 +33,8 @@ import torch
 from torchvision.ops import box_convert
 
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.regionclip.prompting import (
+from regionprompt.detect.postprocess import select_detections, suppressed_by_negatives
+from regionprompt.detect.prompting import (
     CategoryRecipe,
     ImageKeys,
     check_concept_prompts,
@@ -46,7 +47,6 @@ from regionprompt.detect.regionclip.prompting import (
     source_record,
 )
 from regionprompt.detect.region_namer import RegionNamer, concept_matched, matched_by_exemplars, named_categories
-from regionprompt.detect.regionclip.zeroshot import top_k_nms
 from regionprompt.errors import PromptError
 from regionprompt.images import LoadedImage, load_image, to_tensor
 from regionprompt.prompts import (
@@ -356,15 +356,10 @@ class TRex2Engine:
         if deferred:  # those columns are scored by the namer (_name_chunk), not by T-Rex2 alone
             own_scores = positive.clone()
             own_scores[:, list(deferred)] = -1.0
-        rows, cols = (own_scores >= threshold).nonzero(as_tuple=True)
-        keep = torch.ones(len(rows), dtype=torch.bool)
-        for c, negative in enumerate(negative_columns):
-            if negative:
-                mine = (cols == c).nonzero().flatten()
-                keep[mine] = scores[rows[mine]][:, negative].max(dim=1).values <= positive[rows[mine], c]
-        rows, cols = rows[keep], cols[keep]
-        top = top_k_nms(boxes[rows], positive[rows, cols], cols, self.config.nms_iou, self.config.max_detections)
-        found = Detections(boxes[rows[top]], positive[rows[top], cols[top]], cols[top], names, image.wh,
+        suppressed = suppressed_by_negatives(positive, [scores[:, negative] for negative in negative_columns])
+        rows, cols = select_detections(boxes, own_scores, threshold, suppressed=suppressed,
+                                       nms_iou=self.config.nms_iou, max_detections=self.config.max_detections)
+        found = Detections(boxes[rows], positive[rows, cols], cols, names, image.wh,
                            prompts=tuple(r.prompt for r in recipes), image_name=image.name)
         return found, boxes, positive
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,16 +48,23 @@ from regionprompt.eval.detector_eval_config import (
     PROPOSAL_MODES,
     DetectorEvalConfig,
 )
+from regionprompt.eval.detector_runner import (
+    configure,
+    generic_concepts,
+    predict_units,
+    proposals_for,
+    search_concepts,
+)
 from regionprompt.eval.eval_set import (
     EvalImage,
     EvalSet,
-    Exemplar,
     ResultLog,
     load_eval_set,
     pick_exemplars,
 )
-from regionprompt.eval.report import EvalReport
-from regionprompt.logging_utils import get_logger, progress
+from regionprompt.eval.lookalike import evaluate_negatives, pair_totals, pairs_markdown
+from regionprompt.eval.report import EvalReport, percent
+from regionprompt.logging_utils import get_logger
 from regionprompt.results import Detections
 
 LOG = get_logger("eval.detector")
@@ -89,8 +96,6 @@ class DetectorEvalResult:
     def summary(self) -> dict[str, float | None]:
         """Headline numbers (fractions): AP / AP50 of all, base, novel, and the r / c / f tiers."""
         if self.report is None:
-            from regionprompt.eval.lookalike import pair_totals
-
             return pair_totals(self.pairs)
         out: dict[str, float | None] = {}
         for group in self.report.splits + self.report.tiers:
@@ -129,63 +134,11 @@ class DetectorEvalResult:
                     for name, sfx in (("all", ""), ("base", "_base"), ("novel", "_novel"), ("rare (AP_r)", "_r"),
                                       ("common (AP_c)", "_c"), ("frequent (AP_f)", "_f")) if f"AP{sfx}" in summary]
             lines += ["", "| categories | AP | AP50 |", "|---|---:|---:|"]
-            lines += [f"| {name} | {_pct(ap)} | {_pct(ap50)} |" for name, ap, ap50 in rows]
+            lines += [f"| {name} | {percent(ap)} | {percent(ap50)} |" for name, ap, ap50 in rows]
             lines += ["", self.report.to_markdown().replace("## Detection evaluation", "## COCO report")]
         else:
-            from regionprompt.eval.lookalike import pairs_markdown
-
             lines += ["", pairs_markdown(self.pairs, s)]
         return "\n".join(lines).rstrip() + "\n"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-# ---- running the detector --------------------------------------------------------------------------
-
-
-def configure(detector: Detector, *, background: str, max_detections: int) -> Detector:
-    """``detector`` with the evaluation's background mode and detection cap (the same object when they
-    already match; otherwise a detector sharing its models and embedding cache)."""
-    configured = detector.reconfigure(background=background, max_detections=max_detections)
-    return detector if configured.config == detector.config else configured
-
-
-def proposals_for(images: Sequence[EvalImage], config: DetectorEvalConfig) -> list[Any] | None:
-    """The ``proposals=`` argument of ``predict``: ground-truth boxes, or ``None`` (the RPN)."""
-    return [image.boxes for image in images] if config.proposals == "gt" else None
-
-
-def to_results(detections: Detections, image: EvalImage, ids_by_name: Mapping[str, int]) -> list[dict[str, Any]]:
-    """COCO result dicts of one image's detections (names -> the ground truth's category ids)."""
-    return detections.to_coco(image.id, ids_by_name)
-
-
-def predict_units(units: Sequence[tuple[str, EvalImage]], run: Callable[[list[EvalImage]], list[Detections]],
-                  ids_by_name: Mapping[str, int], log: ResultLog, *, batch_size: int, desc: str) -> list[dict[str, Any]]:
-    """COCO results of every ``(key, image)`` unit, calling ``run`` on batches of unfinished ones.
-
-    Finished units come from ``log``; new ones are written to it as their batch completes.
-    """
-    todo = [(key, image) for key, image in units if key not in log]
-    batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    for batch in progress(batches, desc=desc, total=len(batches), unit="batch"):
-        for (key, image), dets in zip(batch, run([image for _, image in batch])):
-            log.put(key, to_results(dets, image, ids_by_name))
-    return [r for key, _ in units for r in log.get(key)]
-
-
-def search_concepts(detector: Detector, data: EvalSet, concepts: Sequence[PromptConcept], config: DetectorEvalConfig,
-                    log: ResultLog, *, tag: str) -> list[dict[str, Any]]:
-    """COCO results of searching every image for the same concepts."""
-
-    def run(images: list[EvalImage]) -> list[Detections]:
-        return detector.predict([str(im.path) for im in images], concepts=list(concepts),
-                                proposals=proposals_for(images, config), threshold=config.threshold)
-
-    units = [(f"{tag}:{image.id}", image) for image in data.images]
-    return predict_units(units, run, data.ids_by_name(), log, batch_size=config.batch_size, desc=f"detect ({tag})")
 
 
 # ---- protocols -------------------------------------------------------------------------------------
@@ -215,16 +168,6 @@ def evaluate_text(detector: Detector, data: EvalSet, config: DetectorEvalConfig,
     results = search_concepts(detector, data, concepts, config, log, tag="text")
     report = evaluate_detections(data.gt, results, max_dets=config.max_detections)
     return Outcome(report, {"images": len(data.images), "vocabulary": len(concepts)}, (), results)
-
-
-def generic_concepts(detector: Detector, exemplars: Mapping[str, Sequence[Exemplar]], *,
-                     with_text: bool = False) -> list[PromptConcept]:
-    """One concept per category from its exemplars (drawn on other images); ``with_text``: plus its name
-    (a mixed prompt)."""
-    prompts = [ex.prompt(name) for name, items in exemplars.items() for ex in items]
-    if not prompts:
-        return []
-    return detector.make_concepts(text=list(exemplars) if with_text else None, boxes=prompts, max_prompts=None)
 
 
 def evaluate_visual_generic(detector: Detector, data: EvalSet, exemplar_set: EvalSet, config: DetectorEvalConfig,
@@ -350,8 +293,6 @@ def evaluate_detector(detector: Detector, gt: str | Path, config: DetectorEvalCo
     log = ResultLog(log_path, {**settings, "image_ids": [im.id for im in data.images],
                                "concepts": [c.name for c in concepts] if concepts is not None else None})
     if config.mode == "negatives":
-        from regionprompt.eval.lookalike import evaluate_negatives
-
         pairs, counts, notes = evaluate_negatives(tuned, data, config, log, exemplar_set=exemplar_set)
         return DetectorEvalResult(config.mode, settings, None, tuple(notes), dict(counts), tuple(pairs),
                                   time.perf_counter() - start)

@@ -33,12 +33,8 @@ from regionprompt.api import Detector
 from regionprompt.concept import PromptConcept
 from regionprompt.errors import EvaluationError
 from regionprompt.eval.coco_eval import evaluate_detections
-from regionprompt.eval.detector_eval import (
-    DetectorEvalConfig,
-    generic_concepts,
-    predict_units,
-    proposals_for,
-)
+from regionprompt.eval.detector_eval_config import DetectorEvalConfig
+from regionprompt.eval.detector_runner import generic_concepts, predict_units, proposals_for
 from regionprompt.eval.eval_set import (
     EvalImage,
     EvalSet,
@@ -46,6 +42,7 @@ from regionprompt.eval.eval_set import (
     ResultLog,
     pick_exemplars,
 )
+from regionprompt.eval.report import percent
 from regionprompt.logging_utils import get_logger
 from regionprompt.results import Detections
 
@@ -223,9 +220,6 @@ def pair_totals(pairs: Sequence[PairResult]) -> dict[str, float | None]:
 
 
 def pairs_markdown(pairs: Sequence[PairResult], settings: Mapping[str, Any]) -> str:
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{100 * value:.1f}"
-
     lines = [
         f"## Look-alike pairs ({settings.get('negative_kind')} negatives; counts at score >= {settings.get('fp_threshold')})",
         "",
@@ -236,12 +230,12 @@ def pairs_markdown(pairs: Sequence[PairResult], settings: Mapping[str, Any]) -> 
     for p in pairs:
         w, n = p.without, p.with_negatives
         lines.append(f"| {p.positive} | {p.negative} | {p.similarity:.3f} | {p.images} | {w.positives} / {w.lookalikes} "
-                     f"| {w.lookalike_fp} -> {n.lookalike_fp} | {w.found} -> {n.found} | {pct(w.ap50)} -> {pct(n.ap50)} |")
+                     f"| {w.lookalike_fp} -> {n.lookalike_fp} | {w.found} -> {n.found} | {percent(w.ap50)} -> {percent(n.ap50)} |")
     t = pair_totals(pairs)
     lines.append(f"| **all** | | | | {t['positives']} | {t['lookalike_fp_without']} -> {t['lookalike_fp_with']} "
-                 f"| {t['found_without']} -> {t['found_with']} | {pct(t['AP50_without'])} -> {pct(t['AP50_with'])} |")
+                 f"| {t['found_without']} -> {t['found_with']} | {percent(t['AP50_without'])} -> {percent(t['AP50_with'])} |")
     if t["fp_reduction"] is not None:
-        lines += ["", f"Look-alike false positives removed by negative prompts: {pct(t['fp_reduction'])} %."]
+        lines += ["", f"Look-alike false positives removed by negative prompts: {percent(t['fp_reduction'])} %."]
     return "\n".join(lines) + "\n"
 
 

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from regionprompt.detect.proposals import ProposalSource
 from regionprompt.errors import EvaluationError
 from regionprompt.eval.inputs import load_ground_truth
+from regionprompt.eval.report import percent
 from regionprompt.images import load_image, to_tensor
 from regionprompt.logging_utils import progress
+from regionprompt.proposals import ProposalSource
 
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 GROUPS: tuple[str, ...] = ("base", "novel", "all", "small", "medium", "large")
@@ -96,7 +97,7 @@ class ProposalRecallReport:
         ]
         for group in GROUPS:
             cells = [self.get(group, k) for k in self.limits]
-            values = " | ".join(f"{_pct(c.average_recall)} | {_pct(c.recall50)}" for c in cells)
+            values = " | ".join(f"{percent(c.average_recall)} | {percent(c.recall50)}" for c in cells)
             lines.append(f"| {group} | {cells[0].num_gt} | {values} |")
         return "\n".join(lines) + "\n"
 
@@ -109,10 +110,6 @@ def _no_nan(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _no_nan(v) for k, v in value.items()}
     return value
-
-
-def _pct(value: float) -> str:
-    return "-" if np.isnan(value) else f"{100 * value:.1f}"
 
 
 def match_proposals(gt_boxes: torch.Tensor, proposals: torch.Tensor, limits: Sequence[int]) -> np.ndarray:
@@ -212,7 +209,7 @@ def evaluate_proposals(
     """Run ``source`` on every image of a COCO ground truth and measure its recall.
 
     Args:
-        source: any :class:`~regionprompt.detect.proposals.ProposalSource` (e.g. a trained ``ProposalNetwork``).
+        source: any :class:`~regionprompt.proposals.ProposalSource` (e.g. a trained ``ProposalNetwork``).
         gt: COCO instances JSON (path or dict) whose categories carry ``split`` (an EmojiWorld build).
         image_root: folder the images' ``file_name`` are relative to (default: the JSON's folder, or its
             ``images`` subfolder as EmojiWorld builds lay them out).

@@ -7,6 +7,7 @@ means "undefined": no ground truth for that category or group in the evaluated i
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ class EvalReport:
             "",
             "| AP | AP50 | AP75 | APs | APm | APl | AR@" + str(self.max_dets) + " |",
             "|---:|---:|---:|---:|---:|---:|---:|",
-            "| " + " | ".join(_pct(v) for v in (self.ap, self.ap50, self.ap75, self.ap_small, self.ap_medium,
+            "| " + " | ".join(percent(v) for v in (self.ap, self.ap50, self.ap75, self.ap_small, self.ap_medium,
                                                   self.ap_large, self.ar)) + " |",
             "",
             "| group | categories | AP | AP50 |",
@@ -167,7 +168,7 @@ class EvalReport:
         tier_names = {"r": "rare (AP_r)", "c": "common (AP_c)", "f": "frequent (AP_f)"}
         for group in self.splits + self.tiers:
             label = tier_names.get(group.name, group.name)
-            lines.append(f"| {label} | {group.num_categories} | {_pct(group.ap)} | {_pct(group.ap50)} |")
+            lines.append(f"| {label} | {group.num_categories} | {percent(group.ap)} | {percent(group.ap50)} |")
         rated = sorted((c for c in self.categories if c.ap is not None), key=lambda c: (-c.ap, c.name, c.id))
         if rated:
             k = min(top_k, (len(rated) + 1) // 2)
@@ -177,11 +178,13 @@ class EvalReport:
                           "|---|---|---|---:|---:|---:|---:|"]
                 lines += [
                     f"| {c.name} | {c.split or '-'} | {c.frequency or '-'} | {c.num_gt} | {c.num_pred} "
-                    f"| {_pct(c.ap)} | {_pct(c.ap50)} |"
+                    f"| {percent(c.ap)} | {percent(c.ap50)} |"
                     for c in rows
                 ]
         return "\n".join(lines) + "\n"
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+def percent(value: float | None) -> str:
+    """A fraction as a percentage with one decimal (``0.1234`` -> ``"12.3"``); ``"-"`` for no value (``None``
+    or NaN). The one formatter of every results table."""
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}"

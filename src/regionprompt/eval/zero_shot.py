@@ -243,8 +243,8 @@ def evaluate_teacher(model: RegionPromptCLIP, *, test_gt: str | Path, val_dir: s
     Retrieval and multi-label AP use ``val_images`` EmojiWorld ``val`` scenes (held out from
     pretraining; cached under ``val_dir``); region classification uses the COCO build ``test_gt``.
     """
-    from regionprompt.train.scene_cache import SceneCacheSpec, build_scene_cache
     from regionprompt.world.concepts import load_concepts
+    from regionprompt.world.scene_cache import SceneCacheSpec, build_scene_cache
 
     input_size = input_size or model.card.vision.image_size
     # The concept names are embedded for the multi-label test and again for each region method:

@@ -41,7 +41,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from regionprompt.data.files import atomic_write, atomic_write_text
+from regionprompt.data.files import atomic_write, atomic_write_text, file_sha256
 from regionprompt.errors import DatasetError
 
 FORMAT = "regionprompt-pseudo-labels"
@@ -62,14 +62,6 @@ class PseudoLabelError(DatasetError):
 def pool_hash(names: Sequence[str]) -> str:
     """sha256 of the pool's names in order (the order defines the concept ids)."""
     return hashlib.sha256(json.dumps(list(names), ensure_ascii=False).encode()).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shard_name(number: int) -> str:
@@ -181,7 +173,7 @@ class PseudoLabelWriter:
         metadata = {"format": FORMAT, "first_image": str(first_image), "stop_image": str(stop_image)}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
         entry = {"shard": name, "first_image": first_image, "stop_image": stop_image,
-                 "regions": int(state["image_index"].shape[0]), **dict(stats or {}), "sha256": _file_sha256(path)}
+                 "regions": int(state["image_index"].shape[0]), **dict(stats or {}), "sha256": file_sha256(path)}
         with (self.directory / MANIFEST_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry, sort_keys=True) + "\n")
             handle.flush()
@@ -248,7 +240,7 @@ class PseudoLabels:
         parts: dict[str, list[torch.Tensor]] = {name: [] for name in TENSORS}
         for entry in entries:
             path = directory / entry["shard"]
-            if verify and _file_sha256(path) != entry["sha256"]:
+            if verify and file_sha256(path) != entry["sha256"]:
                 raise PseudoLabelError(f"{path}: contents do not match the manifest's sha256")
             try:
                 with safe_open(str(path), framework="pt") as handle:

@@ -1,6 +1,6 @@
 """Oracle proposals: a scene cache's true object boxes, jittered copies and random boxes.
 
-A real :class:`~regionprompt.detect.proposals.ProposalSource` that knows where the objects are. It
+A real :class:`~regionprompt.proposals.ProposalSource` that knows where the objects are. It
 separates the teacher's recognition from proposal recall when measuring pseudo-label precision (an
 upper bound on what any RPN can give), and it lets tests run the whole pseudo-labelling pipeline
 without a trained RPN. Images are recognised by their pixels (the exact uint8 content of a cache
@@ -14,9 +14,9 @@ import hashlib
 import numpy as np
 import torch
 
-from regionprompt.detect.proposals import Proposals
 from regionprompt.errors import RegionPromptError
-from regionprompt.train.scene_cache import SceneCache
+from regionprompt.proposals import Proposals
+from regionprompt.world.scene_cache import SceneCache
 
 
 def _pixel_key(image_hwc: np.ndarray) -> bytes:

@@ -21,8 +21,8 @@ from torchvision.ops import box_iou
 
 from regionprompt.errors import RegionPromptError
 from regionprompt.regionclip.label_store import PseudoLabels
-from regionprompt.train.scene_cache import SceneCache
 from regionprompt.world.concepts import ConceptSet, load_concepts
+from regionprompt.world.scene_cache import SceneCache
 
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 

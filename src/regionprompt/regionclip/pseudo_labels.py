@@ -1,6 +1,6 @@
 """Teacher pseudo labels for region-text pretraining (RegionCLIP step 4).
 
-For each scene of a scene cache: proposals from any :class:`~regionprompt.detect.proposals.ProposalSource`
+For each scene of a scene cache: proposals from any :class:`~regionprompt.proposals.ProposalSource`
 -> the teacher's region embeddings (RoIAlign 14 x 14 on res4 -> res5 -> attention pool) -> cosine
 against the concept-pool embeddings (the teacher's text side, template-ensembled) -> softmax at
 ``temperature`` -> regions whose best probability reaches ``threshold`` keep that concept as their
@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from regionprompt import __version__
-from regionprompt.detect.proposals import ProposalSource
 from regionprompt.devices import resolve_device
 from regionprompt.errors import RegionPromptError
 from regionprompt.logging_utils import get_logger, progress_bar
+from regionprompt.proposals import ProposalSource
 from regionprompt.regionclip.label_store import (
     PseudoLabelWriter,
     empty_regions,
@@ -49,9 +49,9 @@ from regionprompt.regionclip.region_encoder import (
     embed_concepts,
     encode_regions,
 )
-from regionprompt.train.scene_cache import SceneCache
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache
+from regionprompt.world.scene_cache import SceneCache
 
 _log = get_logger("regionclip.pseudo_labels")
 

@@ -6,7 +6,7 @@ of :mod:`regionprompt.train.caption_concepts`: a multi-label sigmoid loss betwee
 noun phrases parsed from its captions, with the phrases embedded by the same text side (one random
 ``emoji`` template per step). Mixed precision: bfloat16 autocast and channels-last convolutions
 (``amp``), 1.5-2x faster on CPUs with AVX512-BF16; losses are computed in float32. AdamW, linear warm-up + cosine decay, gradient
-clipping. Scenes come from a pre-rendered :mod:`~regionprompt.train.scene_cache`; the batch and the
+clipping. Scenes come from a pre-rendered :mod:`~regionprompt.world.scene_cache`; the batch and the
 caption chosen for each image are functions of the step number, so a resumed run is identical to an
 uninterrupted one.
 """
@@ -27,11 +27,11 @@ from regionprompt.logging_utils import get_logger
 from regionprompt.train.caption_concepts import ConceptHead, caption_concepts
 from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
 from regionprompt.vl.cards import TextCard, load_card
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.templates import EMOJI_TEMPLATES
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 
 _log = get_logger("train.clip")
 
@@ -47,7 +47,7 @@ class ClipPretrainConfig:
     image_size: int | None = None  # training resolution; default: the card's vision.image_size
     num_scenes: int = 20000  # distinct pretrain scenes (rendered once, cycled as epochs)
     world_seed: int = 0  # EmojiWorld seed of the pretrain scenes
-    layout: str = "scene"  # "scene" or "iconic" (1-3 large objects per image; see train/scene_cache.py)
+    layout: str = "scene"  # "scene" or "iconic" (1-3 large objects per image; see world/scene_cache.py)
     steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3

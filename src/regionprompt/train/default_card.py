@@ -18,7 +18,6 @@ embedding cosines, detection scores and detection boxes for T-Rex2.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -34,7 +33,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from regionprompt import __version__
-from regionprompt.data.files import atomic_write_text, dump_json
+from regionprompt.data.files import atomic_write_text, dump_json, file_sha256
 from regionprompt.errors import CheckpointError
 from regionprompt.images import load_image, to_tensor
 from regionprompt.model_dir import (
@@ -65,14 +64,6 @@ MAX_SCORE_DIFF_NAMED = 0.08
 TREX2_CHECK_NAMES = 5
 #: Detections per image (and per category for the score comparison) that the T-Rex2 check compares.
 TREX2_CHECK_TOP = 20
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_json(path: Path) -> dict[str, Any]:

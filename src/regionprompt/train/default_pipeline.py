@@ -38,6 +38,7 @@ from typing import Any
 
 from regionprompt.data.files import atomic_write_text, dump_json
 from regionprompt.errors import DatasetError, RegionPromptError
+from regionprompt.eval.report import percent
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.default_card import (
     MODEL_CARD_FILE,
@@ -49,7 +50,7 @@ from regionprompt.train.default_card import (
 )
 from regionprompt.train.default_recipe import DefaultPipelineConfig
 from regionprompt.train.finalize import MODEL_DIR, RECIPE_FILE
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec
 
 _log = get_logger("train.default")
 
@@ -368,6 +369,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     from regionprompt.detect.rpn import ProposalNetwork
     from regionprompt.eval.detector_eval import evaluate_detector
     from regionprompt.eval.detector_eval_config import DetectorEvalConfig
+    from regionprompt.interop.checkpoints import load_checkpoint
     from regionprompt.regionclip.label_store import PseudoLabels
     from regionprompt.regionclip.pseudo_labels import (
         EMOJIWORLD_POOL,
@@ -381,13 +383,12 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
     from regionprompt.train.ov_transfer import train_regionclip_detector
     from regionprompt.train.regions import train_regions
     from regionprompt.train.rpn import train_rpn
-    from regionprompt.train.scene_cache import build_scene_cache
     from regionprompt.train.trex2 import train_trex2
     from regionprompt.trex2.model import TRex2
-    from regionprompt.vl.checkpoints import load_checkpoint
     from regionprompt.vl.clip_model import RegionPromptCLIP
     from regionprompt.vl.embeddings import EmbeddingCache
     from regionprompt.world.build import build_world
+    from regionprompt.world.scene_cache import build_scene_cache
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -577,7 +578,7 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
             atomic_write_text(target / "report.md", result.to_markdown())
             atomic_write_text(target / "report.json", dump_json(result.to_dict(), indent=2))
             summary = result.summary()
-            notes.append(f"{name} AP50 {_pct(summary.get('AP50'))} (novel {_pct(summary.get('AP50_novel'))})")
+            notes.append(f"{name} AP50 {percent(summary.get('AP50'))} (novel {percent(summary.get('AP50_novel'))})")
         return "; ".join(notes)
 
     reports.append(state.run(
@@ -664,10 +665,6 @@ def choose_candidate(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
     if unknown or not evaluations:
         raise ValueError(f"unknown candidates {unknown} (expected some of {', '.join(CANDIDATES)})")
     return max(evaluations, key=lambda n: (evaluations[n]["summary"].get("AP50") or 0.0, -CANDIDATES.index(n)))
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def _description(chosen: str, config: DefaultPipelineConfig) -> str:

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from regionprompt.errors import RegionPromptError
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.train.checkpointing import load_train_state
-from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import RegionPromptCLIP
 
 

@@ -52,17 +52,17 @@ from regionprompt.data.files import atomic_write_text
 from regionprompt.detect.rpn import ProposalNetwork
 from regionprompt.devices import resolve_device
 from regionprompt.errors import RegionPromptError
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.logging_utils import get_logger
 from regionprompt.regionclip.region_encoder import ROI_SIZE, region_feature_map
 from regionprompt.train.finalize import MODEL_DIR, RECIPE_FILE, needs_final_save
 from regionprompt.train.loop import LoopResult, run_loop
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
 from regionprompt.train.trex2 import SceneBatches
-from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache, PromptEmbedder
 from regionprompt.world.concepts import load_concepts
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 
 _log = get_logger("train.ov_transfer")
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from regionprompt.devices import resolve_device
 from regionprompt.errors import RegionPromptError
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.logging_utils import get_logger
 from regionprompt.regionclip.label_store import PseudoLabels
 from regionprompt.regionclip.losses import (
@@ -53,11 +54,10 @@ from regionprompt.regionclip.region_encoder import (
 )
 from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
-from regionprompt.train.scene_cache import SceneCache
 from regionprompt.train.schedule import warmup_cosine
-from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache
+from regionprompt.world.scene_cache import SceneCache
 
 _log = get_logger("train.regions")
 

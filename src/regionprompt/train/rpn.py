@@ -4,7 +4,7 @@ Only *labelled* boxes are targets, and in ``det-train`` those are the base conce
 are in the images but unlabelled, so they count as background, exactly as RegionCLIP's LVIS-base RPN
 was trained. Recall on novel objects at test time then measures how far objectness generalises.
 
-Scenes come from a pre-rendered :mod:`~regionprompt.train.scene_cache` at the network's input size;
+Scenes come from a pre-rendered :mod:`~regionprompt.world.scene_cache` at the network's input size;
 the batch and each image's horizontal flip are functions of the step number, so a resumed run is
 identical to an uninterrupted one. AdamW, linear warm-up + cosine decay, gradient clipping.
 """
@@ -22,8 +22,8 @@ from regionprompt.detect.rpn import ProposalNetwork, RpnCard
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 
 _log = get_logger("train.rpn")
 

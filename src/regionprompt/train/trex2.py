@@ -1,6 +1,6 @@
 """Training of the T-Rex2 detector on EmojiWorld ``det-train`` (boxes of base concepts only).
 
-Each step draws a batch of pre-rendered scenes (:mod:`~regionprompt.train.scene_cache`) and is one of
+Each step draws a batch of pre-rendered scenes (:mod:`~regionprompt.world.scene_cache`) and is one of
 three iteration kinds, by a schedule fixed by the step number:
 
 * ``t`` text -- the prompt columns are the text embeddings (frozen text side, projected) of every
@@ -31,11 +31,11 @@ import torch
 from torchvision.ops import box_convert
 
 from regionprompt.errors import DatasetError, RegionPromptError
+from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.augment import augment_batch
 from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
-from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 from regionprompt.train.schedule import warmup_cosine
 from regionprompt.trex2.card import TRex2Card
 from regionprompt.trex2.denoising import build_denoising_queries
@@ -45,10 +45,10 @@ from regionprompt.trex2.prompt_encoder import mean_embedding
 from regionprompt.trex2.structures import DetectionTarget
 from regionprompt.trex2.visual_prompts import make_prompt_batch
 from regionprompt.vl.cards import load_card
-from regionprompt.vl.checkpoints import load_checkpoint
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache
 from regionprompt.world.concepts import load_concepts
+from regionprompt.world.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
 
 _log = get_logger("train.trex2")
 

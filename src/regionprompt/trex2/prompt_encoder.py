@@ -24,6 +24,7 @@ from regionprompt.trex2.deform_attn import MSDeformAttn
 from regionprompt.trex2.encoder import FeedForward
 from regionprompt.trex2.position import WHOLE_IMAGE_BOX, sine_encode
 from regionprompt.trex2.structures import EncodedImages, VisualPromptBatch
+from regionprompt.vl.embeddings import mean_embedding  # noqa: F401 -- the generic workflow's averaging, as before
 
 
 class PromptLayer(nn.Module):
@@ -100,10 +101,3 @@ class TextPromptProjection(nn.Module):
 
     def forward(self, text_features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(text_features), dim=-1)
-
-
-def mean_embedding(embeddings: torch.Tensor) -> torch.Tensor:
-    """``(N, D)`` L2-normalised embeddings -> ``(D,)`` their re-normalised mean (generic and mixed prompts)."""
-    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-        raise ValueError(f"need (N >= 1, D) embeddings, got {tuple(embeddings.shape)}")
-    return F.normalize(embeddings.mean(dim=0), dim=-1)

@@ -1,4 +1,4 @@
-"""Vision-language core: CLIP image/text encoders, checkpoints and prompt embeddings.
+"""Vision-language core: CLIP image/text encoders, our own model directories and prompt embeddings.
 
 Modules (import them directly; this package imports nothing heavy on its own):
 
@@ -7,7 +7,8 @@ Modules (import them directly; this package imports nothing heavy on its own):
   RoI region pooling through ``res5`` + attention pool; ViT patch tokens).
 * :mod:`regionprompt.vl.clip_model` -- :class:`RegionPromptCLIP`, :func:`build_clip`, :class:`ClipTextEncoder`,
   save/load of our own ``card.json`` + ``model.safetensors`` directories.
-* :mod:`regionprompt.vl.checkpoints` -- :func:`load_checkpoint` for OpenAI (TorchScript or state dict),
-  open_clip (``.pt`` / ``.bin`` / ``.safetensors``) and our own files, without executing pickled code.
 * :mod:`regionprompt.vl.text` -- the :class:`TextEncoder` protocol and the locked MiniLM text encoder.
+
+Other projects' files (OpenAI CLIP, open_clip, RegionCLIP releases) are read by :mod:`regionprompt.interop`
+(:func:`~regionprompt.interop.checkpoints.load_checkpoint`), which sits above this package.
 """

@@ -11,16 +11,16 @@ Saved form (a directory): ``model.safetensors`` + ``card.json`` (with the sha256
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# CARD_FILE and WEIGHTS_FILE: vl.checkpoints imports them from here.
-from regionprompt.model_dir import CARD_FILE, WEIGHTS_FILE, save_model_dir, tensors_hash  # noqa: F401
-from regionprompt.vl.cards import ModelCard, load_card
+from regionprompt.errors import CheckpointError
+from regionprompt.model_dir import CARD_FILE, WEIGHTS_FILE, read_weights, save_model_dir, tensors_hash
+from regionprompt.vl.cards import ModelCard, ModelCardError, load_card
 from regionprompt.vl.image_encoder import ImageEncoder, build_image_encoder
 from regionprompt.vl.open_clip_parts import import_parts
 from regionprompt.vl.text import TextEncoder, check_texts
@@ -31,6 +31,11 @@ LayerNorm, QuickGELU, TextTransformer = _transformer.LayerNorm, _transformer.Qui
 
 #: Top-level state-dict prefixes of the CLIP text tower (everything that determines text embeddings).
 CLIP_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+#: Longest text context a loaded model may have: the causal mask, built rather than read from the file,
+#: takes context_length**2 floats (CLIP: 77; long-context variants a few hundred).
+MAX_CONTEXT_LENGTH = 4096
+#: Buffers some exporters drop; the model's own value (a step counter unused in eval) is kept.
+OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 
 class RegionPromptCLIP(nn.Module):
@@ -164,9 +169,7 @@ class RegionPromptCLIP(nn.Module):
     @classmethod
     def load(cls, directory: str | Path) -> RegionPromptCLIP:
         """Load a directory written by :meth:`save` (weights verified against the card's hash)."""
-        from regionprompt.vl.checkpoints import load_checkpoint
-
-        return load_checkpoint(directory)
+        return load_clip_dir(Path(directory))
 
 
 def build_clip(card: ModelCard | str) -> RegionPromptCLIP:
@@ -224,3 +227,81 @@ class ClipTextEncoder:
             self._hash = tensors_hash([*tensors, ("__config__", extra)])
             self._hash_key = key
         return self._hash
+
+
+# ---- loading: our own directories, and the shape checks every loader runs ---------------------------
+
+
+def describe_card(card: ModelCard) -> str:
+    """One line of a card's architecture, for error messages."""
+    v = card.vision
+    tower = f"ResNet layers {v.layers} width {v.width}" if v.kind == "resnet" else f"ViT-{v.layers}L width {v.width} patch {v.patch_size}"
+    return f"{tower}, {v.image_size} px, embed {card.embed_dim}, text {card.text.layers}L width {card.text.width}"
+
+
+def check_state_dict(model: RegionPromptCLIP, state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Compare ``state`` with the model's keys and shapes; the dict to load (optional buffers filled in).
+
+    Raises :class:`CheckpointError` listing shape mismatches first (an architecture mismatch), then
+    missing and unexpected keys (a few of each).
+    """
+    expected = model.state_dict()
+    mismatched = [
+        f"{k}: {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_SUFFIXES)]
+    unexpected = [k for k in state if k not in expected]
+    if mismatched:
+        raise CheckpointError(
+            f"{source}: architecture mismatch with card {model.card.name!r} ({describe_card(model.card)}): "
+            f"{len(mismatched)} tensors differ, e.g. " + "; ".join(mismatched[:3])
+        )
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:4])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:4])})")
+        raise CheckpointError(f"{source}: does not match card {model.card.name!r}: " + "; ".join(parts))
+    full = dict(state)
+    for k, v in expected.items():
+        if k not in full:  # an optional step counter: zero, as a freshly built BatchNorm has
+            full[k] = torch.zeros_like(v, device="cpu")
+    return full
+
+
+def meta_model(card: ModelCard) -> RegionPromptCLIP:
+    """The module tree of ``card`` on the meta device (shapes, no memory), to compare with a file's
+    tensors before anything is allocated. Locked-text cards load a language model in ``__init__`` and
+    come from our own shipped cards, so they are built as they are."""
+    if card.text.kind != "clip":
+        return RegionPromptCLIP.uninitialized(card)
+    if card.text.context_length > MAX_CONTEXT_LENGTH:  # its causal mask is context_length**2 floats
+        raise CheckpointError(f"card {card.name!r}: context length {card.text.context_length} is implausible "
+                              f"(the limit is {MAX_CONTEXT_LENGTH})")
+    with torch.device("meta"):
+        return RegionPromptCLIP(card)
+
+
+def load_clip_dir(directory: Path, card: ModelCard | None = None) -> RegionPromptCLIP:
+    """A model directory written by :meth:`RegionPromptCLIP.save`, weights verified against the card's hash;
+    ``card``: the architecture it must have (``None``: any). Returned in eval mode."""
+    try:
+        saved = load_card(directory / CARD_FILE)
+    except ModelCardError as exc:
+        raise CheckpointError(str(exc)) from None
+    if card is not None and not card.same_architecture(saved):
+        raise CheckpointError(
+            f"{directory}: saved model is {saved.name!r} ({describe_card(saved)}), not the requested "
+            f"{card.name!r} ({describe_card(card)})"
+        )
+    weights = directory / WEIGHTS_FILE
+    state = read_weights(weights)
+    if saved.weights_hash and tensors_hash(state.items()) != saved.weights_hash:
+        raise CheckpointError(f"{weights}: weights do not match the hash in {CARD_FILE} (modified or corrupted file)")
+    check_state_dict(meta_model(saved), state, str(weights))  # before allocating what the card says
+    model = RegionPromptCLIP.uninitialized(saved)
+    model.load_state_dict(check_state_dict(model, state, str(weights)))
+    return model.eval()

@@ -25,7 +25,7 @@ TOKEN_EMBEDDING = "token_embedding.weight"
 def teacher_training_texts(cache_dir: str | Path, pool_path: str | Path) -> list[str]:
     """Every text ``regionprompt train clip`` showed the text tower: the captions of its scene cache and,
     when it wrote a caption-concept pool, each pool phrase in each ``emoji`` template."""
-    from regionprompt.train.scene_cache import SceneCache
+    from regionprompt.world.scene_cache import SceneCache
 
     texts = [caption for record in SceneCache(cache_dir).records for caption in record["captions"]]
     pool_path = Path(pool_path)

@@ -71,6 +71,14 @@ def normalize_phrase(text: str) -> str:
     return phrase
 
 
+def mean_embedding(embeddings: torch.Tensor) -> torch.Tensor:
+    """``(N, D)`` L2-normalised embeddings -> ``(D,)`` their re-normalised mean: several phrases or exemplars
+    of one category, a mixed (text + visual) prompt. The one averaging rule of both detectors."""
+    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+        raise ValueError(f"need (N >= 1, D) embeddings, got {tuple(embeddings.shape)}")
+    return F.normalize(embeddings.mean(dim=0), dim=-1)
+
+
 @dataclass
 class CacheStats:
     """Running counters of one :class:`EmbeddingCache` object (this process only)."""

@@ -3,12 +3,8 @@
 
 from __future__ import annotations
 
-from regionprompt.detect.regionclip.prompting import (
-    CategoryRecipe,
-    PromptCompiler,
-    box_for_point,
-    mean_embedding,
-)
+from regionprompt.detect.prompting import CategoryRecipe, mean_embedding
+from regionprompt.detect.regionclip.prompting import PromptCompiler, box_for_point
 from regionprompt.detect.regionclip.regions import RegionEncoder
 from regionprompt.detect.regionclip.zeroshot import (
     BACKGROUND_MODES,

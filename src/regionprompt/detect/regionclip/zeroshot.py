@@ -1,6 +1,6 @@
 """Zero-shot RegionCLIP detection: proposals -> region embeddings -> cosine with prompt embeddings.
 
-For each image: class-agnostic proposals (any :class:`~regionprompt.detect.proposals.ProposalSource`,
+For each image: class-agnostic proposals (any :class:`~regionprompt.proposals.ProposalSource`,
 or boxes the caller gives, whose objectness is 1) are embedded by the region encoder
 (:class:`~regionprompt.detect.regionclip.regions.RegionEncoder`); each region ``r`` and category ``c``
 (:mod:`~regionprompt.detect.regionclip.prompting` builds their embeddings) get the cosine ``s_rc``;
@@ -41,22 +41,17 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.ops import batched_nms
 
 from regionprompt.boxes import as_box_tensor
 from regionprompt.concept import PromptConcept
-from regionprompt.detect.proposals import Proposals, ProposalSource
-from regionprompt.detect.regionclip.prompting import (
-    CategoryRecipe,
-    CompiledPrompts,
-    PromptCompiler,
-    concept_modalities,
-    mean_embedding,
-)
+from regionprompt.detect.postprocess import select_detections, suppressed_by_negatives
+from regionprompt.detect.prompting import CategoryRecipe, concept_modalities, mean_embedding
+from regionprompt.detect.regionclip.prompting import CompiledPrompts, PromptCompiler
 from regionprompt.detect.regionclip.regions import RegionEncoder
 from regionprompt.errors import BoxFormatError, CheckpointError, RegionPromptError
 from regionprompt.images import LoadedImage, load_image, to_tensor
 from regionprompt.prompts import PromptCategory, validate_visual_prompts
+from regionprompt.proposals import Proposals, ProposalSource
 from regionprompt.results import Detections
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache, PromptEmbedder
@@ -139,24 +134,6 @@ def _given(proposals: Sequence[Any], images: Sequence[LoadedImage]) -> list[Prop
             raise BoxFormatError(f"given boxes of {image.name}: every box needs x1 < x2 and y1 < y2")
         out.append(Proposals(boxes, torch.ones(len(boxes))))
     return out
-
-
-def top_k_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float, k: int) -> torch.Tensor:
-    """Indices of the ``k`` best candidates surviving per-class NMS, best first; ``boxes`` ``(N, 4)`` xyxy.
-
-    Per-class NMS of K proposals x C prompts candidates dominates the time with large vocabularies
-    (353k candidates: half the time per image). Whether a candidate survives depends only on
-    higher-scored candidates of its class, so NMS on the top m candidates is exact for them: grow m
-    until ``k`` survive. Same result as NMS on everything.
-    """
-    order = scores.argsort(descending=True)
-    m = 4 * k
-    while True:
-        head = order[:m]
-        kept = head[batched_nms(boxes[head], scores[head], labels[head], iou)]  # sorted by score
-        if len(kept) >= k or m >= len(order):
-            return kept[:k]
-        m *= 4
 
 
 class ZeroShotDetector:
@@ -324,18 +301,12 @@ class ZeroShotDetector:
         if prior.shape[1] not in (1, len(recipes)):
             raise RegionPromptError(f"proposals carry class scores for {prior.shape[1]} categories, not {len(recipes)}")
         scores = (log_p.exp() * prior.float().clamp(0, 1)).sqrt()
-        rows, cols = (scores >= threshold).nonzero(as_tuple=True)
-        keep = torch.ones(len(rows), dtype=torch.bool)
-        for c, (_, negatives) in enumerate(finished):
-            if len(negatives) == 0:
-                continue
-            mine = (cols == c).nonzero().flatten()
-            closest_negative = (regions[rows[mine]] @ negatives.t()).max(dim=1).values
-            keep[mine] = closest_negative <= sims[rows[mine], c]
-        rows, cols = rows[keep], cols[keep]
-        top = top_k_nms(proposals.boxes[rows].float(), scores[rows, cols], cols, cfg.nms_iou, cfg.max_detections)
-        return Detections(proposals.boxes[rows[top]].float(), scores[rows[top], cols[top]], cols[top], names, wh,
-                          prompts=prompts, image_name=image.name)
+        # A region goes to no category whose negative prompt it is closer to (cosine) than to the category.
+        suppressed = suppressed_by_negatives(sims, [regions @ negatives.t() for _, negatives in finished])
+        boxes = proposals.boxes.float()
+        rows, cols = select_detections(boxes, scores, threshold, suppressed=suppressed, nms_iou=cfg.nms_iou,
+                                       max_detections=cfg.max_detections)
+        return Detections(boxes[rows], scores[rows, cols], cols, names, wh, prompts=prompts, image_name=image.name)
 
     def _backgrounds(self, recipes: Sequence[CategoryRecipe], compiled: CompiledPrompts,
                      whole_image: torch.Tensor) -> torch.Tensor:
