@@ -127,7 +127,7 @@ def vocabulary(count: int) -> list[str]:
 @functools.cache
 def real_size_trex2() -> TRex2:
     """One real-size T-Rex2 (random weights) shared by the float32 and bfloat16 rows."""
-    return build_trex2(TRex2Card(clip=load_card("RN50"), **TREX2_REAL), seed=0).eval()
+    return inference_only(build_trex2(TRex2Card(clip=load_card("RN50"), **TREX2_REAL), seed=0))
 
 
 def trex2_rows(image: torch.Tensor, counts: list[int], cache: EmbeddingCache, *, bfloat16: bool) -> list[Row]:
@@ -146,10 +146,11 @@ def trex2_rows(image: torch.Tensor, counts: list[int], cache: EmbeddingCache, *,
 
 
 def regionclip_rows(image: torch.Tensor, counts: list[int], cache: EmbeddingCache) -> list[Row]:
-    clip = build_clip("RN50")
+    clip = inference_only(build_clip("RN50"))
     rpn = Detectron2RPN(Detectron2RpnCard(arch="c4", bottleneck_widths=(64, 128, 256), out_widths=(256, 512, 1024),
                                           blocks=(3, 4, 6), anchor_sizes=C4_ANCHOR_SIZES, pre_nms_topk=6000,
-                                          post_nms_topk=REGIONCLIP_PROPOSALS)).eval()
+                                          post_nms_topk=REGIONCLIP_PROPOSALS))
+    inference_only(rpn)
     config = ZeroShotConfig(input_size=REGIONCLIP_INPUT, max_proposals=REGIONCLIP_PROPOSALS, background="none")
     cached = Detector.from_models(clip, rpn, config, cache=cache)
     fresh = Detector.from_models(clip, rpn, config, cache=None)
@@ -175,10 +176,10 @@ def owl_rows(counts: list[int], *, v2: bool) -> list[Row]:
     """OWL-ViT B/32 (768 px) or OWLv2 B/16 (960 px); every query is 16 tokens (their padding length)."""
     if v2:
         config = transformers.Owlv2Config(vision_config={"image_size": 960, "patch_size": 16})
-        model, name = transformers.Owlv2ForObjectDetection(config).eval(), "OWLv2 B/16 960px"
+        model, name = inference_only(transformers.Owlv2ForObjectDetection(config)), "OWLv2 B/16 960px"
     else:
         config = transformers.OwlViTConfig(vision_config={"image_size": 768, "patch_size": 32})
-        model, name = transformers.OwlViTForObjectDetection(config).eval(), "OWL-ViT B/32 768px"
+        model, name = inference_only(transformers.OwlViTForObjectDetection(config)), "OWL-ViT B/32 768px"
     size = config.vision_config.image_size
     pixels = torch.randn(1, 3, size, size)
     rows = []
@@ -209,7 +210,7 @@ def owl_rows(counts: list[int], *, v2: bool) -> list[Row]:
 
 def gdino_rows(counts: list[int]) -> list[Row]:
     """GroundingDINO-T (Swin-T, BERT-base, 800 x 1333 input): names joined by " . ", <= 256 tokens a pass."""
-    model = transformers.GroundingDinoForObjectDetection(transformers.GroundingDinoConfig()).eval()
+    model = inference_only(transformers.GroundingDinoForObjectDetection(transformers.GroundingDinoConfig()))
     pixels = torch.randn(1, 3, 800, 1333)
     rows = []
     for count in counts:
@@ -240,6 +241,12 @@ def _gdino_chunks(names: list[str], max_tokens: int) -> list[torch.Tensor]:
 
 
 # ---- measuring -----------------------------------------------------------------------------------
+
+def inference_only(model: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode, no parameter requiring gradients (FlopCounterMode's module hooks fail on views of such
+    parameters taken under no_grad)."""
+    return model.eval().requires_grad_(False)
+
 
 def count_flops(row: Row) -> None:
     counter = FlopCounterMode(display=False)
