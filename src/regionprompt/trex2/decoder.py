@@ -91,7 +91,9 @@ class QuerySelection(nn.Module):
         boxes detached as the decoder's references ``(B, k, 4)``."""
         memory = self.norm(self.output(encoded.memory))
         logits = self.classifier(memory, prompts)  # (B, S, K)
-        anchors = inverse_sigmoid(self.anchors(encoded.spatial_shapes, memory.device)).to(memory.dtype)
+        # Boxes in float32 at least: under a bfloat16 autocast a bfloat16 box is off by up to 1/256 of the image.
+        anchors = inverse_sigmoid(self.anchors(encoded.spatial_shapes, memory.device))
+        anchors = anchors.to(torch.promote_types(memory.dtype, torch.float32))
         boxes = (self.box_head(memory) + anchors).sigmoid()
         score = logits.max(-1).values if logits.shape[-1] else torch.zeros_like(memory[..., 0])
         k = min(k, memory.shape[1])

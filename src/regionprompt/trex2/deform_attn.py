@@ -34,22 +34,50 @@ def ms_deform_attn(
 ) -> torch.Tensor:
     """Sample every level's value map at the sampling locations and take the weighted sum.
 
+    One ``grid_sample`` call covers all levels: the level maps are stacked top to bottom on one zero
+    canvas (``(B * heads, head_dim, sum h + L - 1, max w)``, one zero row between levels), and each
+    location is moved to its level's band. A sample is clamped to at most one cell outside its map,
+    where the canvas holds zeros (or ``grid_sample`` pads zeros), so it never reads a neighbouring level
+    and gives exactly what sampling the level's own zero-padded map gives (a sample further out reads
+    zeros either way). The per-level version cost one sampling call, one copy and one stack per level.
+
     Returns ``(B, Q, heads * head_dim)``.
     """
     batch, _, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
-    grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
-    sampled = []
-    for level, (h, w) in enumerate(spatial_shapes):
-        v = per_level[level].permute(0, 2, 3, 1).reshape(batch * heads, head_dim, h, w)
-        g = grids[:, :, :, level].transpose(1, 2).reshape(batch * heads, queries, points, 2)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    # (B * heads, head_dim, Q, levels * points)
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)
+    canvas, origins = _level_canvas(value, spatial_shapes)
+    height, width = canvas.shape[-2:]
+    # Pixel coordinates on each level (align_corners=False: pixel centres at +0.5), clamped to one cell
+    # outside the map, moved to the level's band, normalised to the canvas' [-1, 1].
+    wh = sampling_locations.new_tensor([[w, h] for h, w in spatial_shapes])[:, None, :]  # (L, 1, 2)
+    shift = sampling_locations.new_tensor([[0.5, top + 0.5] for top in origins])[:, None, :]
+    pixels = torch.minimum(torch.maximum(sampling_locations * wh - 0.5, wh.new_tensor(-1.0)), wh)
+    grid = ((pixels + shift) * sampling_locations.new_tensor([2.0 / width, 2.0 / height]) - 1).to(canvas.dtype)
+    grid = grid.transpose(1, 2).reshape(batch * heads, queries, levels * points, 2)
+    sampled = F.grid_sample(canvas, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # (B * heads, head_dim, Q, levels * points) weighted over the last axis
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
-    out = (stacked * weights).sum(-1)  # (B * heads, head_dim, Q)
+    out = (sampled * weights.to(sampled.dtype)).sum(-1)  # (B * heads, head_dim, Q)
     return out.view(batch, heads * head_dim, queries).transpose(1, 2)
+
+
+def _level_canvas(value: torch.Tensor, spatial_shapes: SpatialShapes) -> tuple[torch.Tensor, list[int]]:
+    """``(B, S, heads, head_dim)`` -> the level maps stacked on one zero canvas
+    ``(B * heads, head_dim, sum h + L - 1, max w)`` and the top row of each level."""
+    batch, _, heads, head_dim = value.shape
+    origins, top = [], 0
+    for h, _ in spatial_shapes:
+        origins.append(top)
+        top += h + 1  # one zero row under each level
+    width = max(w for _, w in spatial_shapes)
+    # At least float32: CPU grid_sample is slower in bfloat16 (under autocast the values arrive in it).
+    canvas = value.new_zeros(batch, heads, head_dim, top - 1, width, dtype=torch.promote_types(value.dtype, torch.float32))
+    start = 0
+    for (h, w), row in zip(spatial_shapes, origins):
+        level = value[:, start : start + h * w].view(batch, h, w, heads, head_dim)
+        canvas[:, :, :, row : row + h, :w] = level.permute(0, 3, 4, 1, 2)
+        start += h * w
+    return canvas.view(batch * heads, head_dim, top - 1, width), origins
 
 
 def _bilinear(feature: torch.Tensor, x: float, y: float) -> torch.Tensor:
@@ -156,10 +184,13 @@ class MSDeformAttn(nn.Module):
         value = self.project_value(features)
         if value_index is None and value.shape[0] != n:
             raise ValueError(f"{n} query sets but {value.shape[0]} value maps; pass value_index")
-        offsets = self.sampling_offsets(query).view(n, q, self.heads, self.levels, self.points, 2)
+        # Sampling positions stay in (at least) float32 under a bfloat16 autocast: bfloat16's 8-bit mantissa
+        # would move a sample by up to half a cell on a 100-cell map.
+        reference = reference.to(torch.promote_types(reference.dtype, torch.float32))
+        offsets = self.sampling_offsets(query).to(reference.dtype).view(n, q, self.heads, self.levels, self.points, 2)
         weights = self.attention_weights(query).view(n, q, self.heads, self.levels * self.points)
         weights = weights.softmax(-1).view(n, q, self.heads, self.levels, self.points)
-        wh_levels = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+        wh_levels = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=reference.dtype, device=query.device)
         cell_scale = (1.0 / wh_levels)[None, None, None, :, None, :]  # offsets in feature cells
         centre = reference[:, :, None, None, None, :2]
         if reference.shape[-1] == 2:

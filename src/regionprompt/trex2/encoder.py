@@ -105,7 +105,8 @@ class DeformableEncoder(nn.Module):
         x = torch.cat([p.flatten(2).transpose(1, 2) for p in projected], dim=1)
         pos = self.positions(shapes, x.device).to(x.dtype)
         reference = torch.cat([grid_centres(h, w, x.device) for h, w in shapes])
-        reference = reference[None].expand(x.shape[0], -1, -1).to(x.dtype)
+        # float32 at least: under a bfloat16 autocast the tokens are bfloat16, cell centres must not be.
+        reference = reference[None].expand(x.shape[0], -1, -1).to(torch.promote_types(x.dtype, torch.float32))
         for layer in self.layers:
             x = layer(x, pos, reference, shapes)
         return EncodedImages(memory=x, spatial_shapes=shapes)
