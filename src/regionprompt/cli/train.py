@@ -89,7 +89,8 @@ def _train_clip(args: argparse.Namespace) -> int:
     config = start_run(args, ClipPretrainConfig)
     with distributed_session(args.device) as dist_ctx:
         result = train_clip(config, args.out, cache_dir=args.cache, workers=args.workers, device=args.device,
-                            max_steps_this_run=args.max_steps_this_run)
+                            max_steps_this_run=args.max_steps_this_run, shards=args.shards,
+                            shuffle_buffer=args.shuffle_buffer)
     if dist_ctx.is_main:
         print_run(result, args.out)
     return 0
@@ -111,6 +112,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_options(clip, device=True)
     clip.add_argument("--max-steps-this-run", type=int, default=None,
                       help="stop after this many steps (checkpointed; rerun to continue)")
+    clip.add_argument("--shards", default=None,
+                      help="train on real image-caption pairs: a folder (or glob) of WebDataset .tar shards "
+                      "(regionprompt data shard, img2dataset); needs --concept-weight 0")
+    clip.add_argument("--shuffle-buffer", type=int, default=1000, help="with --shards: samples in the shuffle buffer (default 1000)")
     add_config_options(clip, ClipPretrainConfig)
     clip.set_defaults(func=_train_clip)
     for module in TRAIN_MODULES:

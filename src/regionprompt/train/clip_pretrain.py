@@ -13,6 +13,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -22,13 +23,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from regionprompt.data.webdataset import find_shards, shard_sizes
 from regionprompt.devices import resolve_device
+from regionprompt.errors import RegionPromptError
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.caption_concepts import ConceptHead, caption_concepts
 from regionprompt.train.distributed import current, gather_with_grad, main_first, rank_device, rank_slice, sync_batchnorm, wrap_ddp
 from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.scene_cache import SceneCache, SceneCacheSpec, build_scene_cache
+from regionprompt.train.shard_batches import ShardBatches
 from regionprompt.train.schedule import warmup_cosine
 from regionprompt.vl.cards import TextCard, load_card
 from regionprompt.vl.clip_model import RegionPromptCLIP
@@ -118,7 +122,8 @@ class _Trainee(torch.nn.Module):
 
 
 def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-               workers: int = 2, max_steps_this_run: int | None = None, device: str | torch.device = "cpu") -> LoopResult:
+               workers: int = 2, max_steps_this_run: int | None = None, device: str | torch.device = "cpu",
+               shards: str | Path | None = None, shuffle_buffer: int = 1000) -> LoopResult:
     """Pretrain (or resume) a CLIP teacher; the final model is saved to ``out_dir/model``.
 
     ``device`` is where the model trains (``"cuda"`` on a GPU); it is not part of the recipe: a run
@@ -126,21 +131,38 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
 
     Under torchrun (:mod:`regionprompt.train.distributed`) ``config.batch_size`` is the global batch: each
     rank trains on its slice, the contrastive and concept losses see the whole batch (embeddings gathered
-    across ranks) and the batch norms its statistics, so N ranks compute the steps one process would."""
+    across ranks) and the batch norms its statistics, so N ranks compute the steps one process would.
+
+    ``shards`` (a folder, glob or file of WebDataset tars, :mod:`regionprompt.data.webdataset`) trains on
+    real image-caption pairs streamed through a ``shuffle_buffer``-sample buffer instead of EmojiWorld
+    scenes; the world options of ``config`` are then unused, and the caption-concept loss (whose pool is
+    mined from a scene cache's captions) must be off (``concept_weight=0``)."""
     out = Path(out_dir)
     dist_ctx = current()
     device = resolve_device(rank_device(device))
     part = rank_slice(config.batch_size, dist_ctx)
     model = build_model(config)
     size = config.image_size or model.card.vision.image_size
-    spec = SceneCacheSpec("pretrain", config.world_seed, config.num_scenes, size, layout=config.layout)
-    with main_first():
-        cache = build_scene_cache(spec, Path(cache_dir or out / "scene_cache"), workers=workers)
-    if len(cache) < config.batch_size:
-        raise ValueError(f"num_scenes ({len(cache)}) must be at least the batch size ({config.batch_size})")
-    batches = _Batches(cache, config.batch_size, config.seed)
     head = ConceptHead()
     concepts = None
+    run_info: dict = asdict(config)
+    if shards is not None:
+        if config.concept_weight > 0:
+            raise RegionPromptError("training on shards needs --concept-weight 0: the caption-concept pool is mined "
+                                    "from a scene cache's captions")
+        files = find_shards(shards)
+        batches = ShardBatches(files, batch_size=part.stop - part.start, image_size=size, seed=config.seed,
+                               rank=dist_ctx.rank, world_size=dist_ctx.world_size, buffer=shuffle_buffer)
+        run_info.update(shards=[f.name for f in files], shuffle_buffer=shuffle_buffer)
+        data = f"{sum(shard_sizes(files))} image-caption pairs in {len(files)} WebDataset shards ({files[0].parent}) at {size} px"
+    else:
+        spec = SceneCacheSpec("pretrain", config.world_seed, config.num_scenes, size, layout=config.layout)
+        with main_first():
+            cache = build_scene_cache(spec, Path(cache_dir or out / "scene_cache"), workers=workers)
+        if len(cache) < config.batch_size:
+            raise ValueError(f"num_scenes ({len(cache)}) must be at least the batch size ({config.batch_size})")
+        batches = functools.partial(_Batches(cache, config.batch_size, config.seed), part=part)
+        data = f"EmojiWorld pretrain split, {config.num_scenes} {config.layout} images at {size} px, seed {config.world_seed}"
     if config.concept_weight > 0:
         out.mkdir(parents=True, exist_ok=True)
         with main_first():  # rank 0 writes the pool, the others read it
@@ -179,7 +201,7 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
         return torch.stack([tokens[p] for p in phrases])
 
     def step_fn(step: int) -> dict[str, float]:
-        indices, images, captions = batches(step, part)
+        indices, images, captions = batches(step)
         images = images.to(device, non_blocking=True)
         if config.amp:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -218,13 +240,13 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
         checkpoint_every=config.checkpoint_every,
         desc=f"train clip ({model.card.name})",
         samples_per_step=config.batch_size,
-        run_info=asdict(config),
+        run_info=run_info,
         max_steps_this_run=max_steps_this_run,
     )
     if dist_ctx.is_main and needs_final_save(result, out):
         training = {
-            "recipe": asdict(config),
-            "data": f"EmojiWorld pretrain split, {config.num_scenes} {config.layout} images at {size} px, seed {config.world_seed}",
+            "recipe": run_info,
+            "data": data,
             "final_loss": result.metrics.get("loss"),
         }
         if dist_ctx.enabled:
