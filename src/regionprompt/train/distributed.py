@@ -137,29 +137,38 @@ def rank_slice(global_batch: int, ctx: DistContext | None = None) -> slice:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0; the backward sums the gathered gradient over ranks and returns this rank's
-    slice (an all-reduce, which ``gloo`` supports, unlike reduce-scatter). Half-precision tensors travel as
-    float32 (``gloo`` has no bfloat16 reductions) and come back in their own dtype."""
+    """All-gather along dim 0 (ranks may hold different numbers of rows: padded for the transfer); the
+    backward sums the gathered gradient over ranks and returns this rank's rows (an all-reduce, which
+    ``gloo`` supports, unlike reduce-scatter). Half-precision tensors travel as float32 (``gloo`` has no
+    bfloat16 reductions) and come back in their own dtype."""
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         world = dist.get_world_size()
         local = (tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor).contiguous()
-        parts = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(parts, local)
-        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
-        return torch.cat(parts).to(tensor.dtype)
+        count = torch.tensor([local.shape[0]], dtype=torch.int64, device=local.device)
+        counts = [torch.zeros_like(count) for _ in range(world)]
+        dist.all_gather(counts, count)
+        rows = [int(c) for c in counts]
+        padded = local.new_zeros((max(rows), *local.shape[1:]))
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        rank = dist.get_rank()
+        ctx.start, ctx.stop = sum(rows[:rank]), sum(rows[: rank + 1])
+        return torch.cat([part[:n] for part, n in zip(parts, rows)]).to(tensor.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         total = (grad.float() if grad.dtype in (torch.float16, torch.bfloat16) else grad).contiguous().clone()
         dist.all_reduce(total)
-        return total[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows].to(grad.dtype)
+        return total[ctx.start : ctx.stop].to(grad.dtype)
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """``(B, ...)`` per rank -> ``(world_size * B, ...)`` in rank order, differentiable; identity when not
-    distributed. Every rank must pass the same shape."""
+    """``(B_r, ...)`` per rank -> ``(sum of B_r, ...)`` in rank order, differentiable; identity when not
+    distributed. The ranks' row counts may differ (regions per image vary); the other dims must agree.
+    Also right for tensors without gradient (labels, a frozen teacher's outputs)."""
     return _GatherWithGrad.apply(tensor) if current().enabled else tensor
 
 
