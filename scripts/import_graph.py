@@ -27,7 +27,7 @@ PACKAGE = "regionprompt"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # the ground floor: errors, file safety, result/prompt/box structures, dataset I/O, EmojiWorld
     ("", "errors", "untrusted", "logging_utils", "devices", "boxes", "card_json", "model_dir", "data", "images",
-     "draw", "prompts", "results", "proposals", "concept", "concepts", "world"),
+     "draw", "prompts", "results", "proposals", "concept", "concepts", "world", "sharding"),
     ("vl",),  # the vision-language core: CLIP towers, text encoders, prompt embeddings
     ("trex2", "regionclip"),  # the two models' parts
     ("detect",),  # the detection engines built on them

@@ -8,6 +8,11 @@ rest; the dataset is then written from the journal alone, sorted by file name, s
 resumed run writes byte for byte what an uninterrupted one writes. Images are labelled one at a time:
 a detection never depends on which other images shared its batch.
 
+Sharded jobs (``shard=Shard(i, n)``, ``--shard i/n``: image ``k`` of the sorted list goes to job
+``k % n``) each append to their own ``journal-i-of-n.jsonl`` and write no dataset; a run without a shard
+reads every journal in the folder, labels what none of them lists (a failed shard's images), and writes
+the dataset, each image once, identical to an unsharded run's.
+
 ``run.json`` beside the journal records the settings (model, concepts, threshold, folder); a rerun
 with other settings is refused rather than mixing two runs in one dataset.
 """
@@ -30,6 +35,7 @@ from regionprompt.data.yolo import write_yolo
 from regionprompt.errors import ImageLoadError, RegionPromptError
 from regionprompt.images import load_image
 from regionprompt.logging_utils import get_logger, progress_bar
+from regionprompt.sharding import Shard
 from regionprompt.untrusted import check_path_name, loads_json
 
 LOG = get_logger("autolabel")
@@ -64,13 +70,14 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def read(self) -> dict[str, dict[str, Any]]:
-        """``{file: record}`` of finished images; a torn last line is cut off the file."""
+    def read(self, *, repair: bool = True) -> dict[str, dict[str, Any]]:
+        """``{file: record}`` of finished images; a torn last line is ignored, and cut off the file when
+        ``repair`` (only the journal's own writer may: another job may be appending to it)."""
         if not self.path.is_file():
             return {}
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
-        if end < len(data):
+        if end < len(data) and repair:
             LOG.info("%s: dropping a partly written last line (interrupted run)", self.path)
             with self.path.open("r+b") as handle:
                 handle.truncate(end)
@@ -142,6 +149,21 @@ def _record(detector: Any, folder: Path, name: str, concepts: Sequence[PromptCon
     }
 
 
+def _journal_path(state: Path, shard: Shard | None) -> Path:
+    return state / (JOURNAL_FILE if shard is None else f"journal-{shard.tag}.jsonl")
+
+
+def read_journals(state: Path, own: Journal) -> dict[str, dict[str, Any]]:
+    """Finished images of every journal in ``state`` (``own`` repaired, the others only read), first
+    record of an image kept: the main journal, then the shard journals by name."""
+    records = own.read()
+    others = sorted(p for p in state.glob("journal*.jsonl") if p != own.path)
+    for path in sorted(others, key=lambda p: p.name != JOURNAL_FILE):
+        for name, record in Journal(path).read(repair=False).items():
+            records.setdefault(name, record)
+    return records
+
+
 def journal_dataset(records: dict[str, dict[str, Any]], names: Sequence[str], settings: dict[str, Any]) -> DetectionDataset:
     """The dataset the journal describes: readable images sorted by file (ids 1..N), category ``i + 1``
     = ``names[i]``, boxes COCO xywh rounded to 0.01 px, each annotation's ``score`` kept."""
@@ -162,7 +184,7 @@ def journal_dataset(records: dict[str, dict[str, Any]], names: Sequence[str], se
 
 def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLike, concepts: Sequence[PromptConcept], *,
                  threshold: float | None = None, fmt: str = "coco", split: str = "train", images: str = "link",
-                 one_label_per_box: bool = True) -> LabelReport:
+                 one_label_per_box: bool = True, shard: Shard | None = None) -> LabelReport:
     """Label every image under ``folder`` with ``concepts`` and write a dataset to ``out``.
 
     Args:
@@ -173,6 +195,8 @@ def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLik
         images: YOLO only: ``link`` (hardlink, else copy), ``copy`` or ``none``.
         one_label_per_box: class-agnostic NMS, so each object is labelled once, with its best category
             (``False``: one annotation per category that finds it).
+        shard: label only this shard's images into its own journal and write no dataset (module
+            docstring); the report then counts the shard's images.
     Raises:
         RegionPromptError: ``out`` holds a run with other settings, no images, no concepts.
     """
@@ -204,12 +228,14 @@ def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLik
                                     "use another --out, or delete it to start over")
     else:
         atomic_write_text(run_path, dump_json(settings, indent=2))
-    journal = Journal(state / JOURNAL_FILE)
-    records = journal.read()
-    resumed = sum(1 for f in files if f in records)
-    bar = progress_bar(desc="labelling", total=len(files), initial=resumed, unit="img")
+    journal = Journal(_journal_path(state, shard))
+    records = read_journals(state, journal)
+    todo = files if shard is None else [f for k, f in enumerate(files) if shard.owns(k)]
+    resumed = sum(1 for f in todo if f in records)
+    bar = progress_bar(desc="labelling" if shard is None else f"labelling shard {shard}", total=len(todo),
+                       initial=resumed, unit="img")
     try:
-        for name in files:
+        for name in todo:
             if name in records:
                 continue
             record = _record(detector, folder, name, concepts, threshold, one_label_per_box)
@@ -218,6 +244,12 @@ def label_folder(detector: Any, folder: str | os.PathLike, out: str | os.PathLik
             bar.update(1)
     finally:
         bar.close()
+    if shard is not None:
+        mine = [records[f] for f in todo]
+        found = [concepts[int(d["label"])].name for r in mine for d in r.get("detections", ())]
+        return LabelReport(images=len(todo), labelled=sum(r["status"] == "ok" for r in mine), resumed=resumed,
+                           detections=len(found), per_category={c.name: found.count(c.name) for c in concepts},
+                           unreadable=[{"file": r["file"], "error": r["error"]} for r in mine if r["status"] == "unreadable"])
     records = {f: records[f] for f in files if f in records}
     dataset = journal_dataset(records, [c.name for c in concepts], settings)
     if fmt == "coco":

@@ -51,7 +51,8 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit
     return iter(tqdm(iterable, desc=desc, total=total, unit=unit, disable=disable, dynamic_ncols=True, leave=False))
 
 
-def progress_bar(*, desc: str, total: int | None, initial: int = 0, unit: str = "it") -> tqdm:
-    """A manually driven progress bar (``update``, ``set_postfix``) with the same switches as :func:`progress`."""
-    disable = progress_hidden()
+def progress_bar(*, desc: str, total: int | None, initial: int = 0, unit: str = "it", hidden: bool = False) -> tqdm:
+    """A manually driven progress bar (``update``, ``set_postfix``) with the same switches as :func:`progress`;
+    ``hidden`` turns it off (e.g. on every rank but the first of a distributed run)."""
+    disable = hidden or progress_hidden()
     return tqdm(desc=desc, total=total, initial=initial, unit=unit, disable=disable, dynamic_ncols=True)

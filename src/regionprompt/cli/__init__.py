@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("label", "auto-label a folder of images into a COCO or YOLO dataset (resumes after interruption)"),
     "convert": ("dataset", "convert a detection dataset between COCO and YOLO"),
     "dataset": ("dataset", "inspect datasets"),
+    "data": ("data", "prepare training data (WebDataset shards)"),
     "world": ("world", "EmojiWorld: the synthetic open-vocabulary benchmark world"),
     "eval": ("evaluate", "evaluate detections (COCO AP, base/novel AP, AP_r/AP_c/AP_f)"),
     "eval-teacher": ("eval_teacher", "zero-shot retrieval, multi-label and GT-box region classification of a CLIP model"),

@@ -15,6 +15,7 @@ from regionprompt.cli.detect import (
     prompt_arguments,
 )
 from regionprompt.errors import PromptError
+from regionprompt.sharding import parse_shard, shard_from_torchrun
 from regionprompt.untrusted import check_path_name
 
 
@@ -41,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="keep one annotation per category that finds an object (default: class-agnostic NMS, "
                         "each object labelled once with its best category)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    parser.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                        help="label only image k with k %% N == I (of the sorted list) into its own journal, for N "
+                        "independent jobs; then run once without --shard to merge them into the dataset. Under "
+                        "torchrun the ranks shard themselves and rank 0 merges")
     parser.set_defaults(func=run)
 
 
@@ -59,12 +64,29 @@ def run(args: argparse.Namespace) -> int:
     elif args.negative_text:
         raise PromptError("--negative-text needs a --text, --box or --point category (a concept has its own negatives)")
     concepts += detector.resolve_concepts(args.concept)
+    options = dict(threshold=args.threshold, fmt=args.format, split=args.split, images=args.images,
+                   one_label_per_box=not args.all_labels)
+    ranks = shard_from_torchrun() if args.shard is None else None
     try:
-        report = label_folder(detector, args.folder, args.out, concepts, threshold=args.threshold, fmt=args.format,
-                              split=args.split, images=args.images, one_label_per_box=not args.all_labels)
+        if ranks is not None:  # torchrun: every rank labels its shard, then rank 0 merges
+            from regionprompt.train.distributed import barrier, distributed_session
+
+            with distributed_session("cpu"):
+                label_folder(detector, args.folder, args.out, concepts, shard=ranks, **options)
+                barrier()
+                if ranks.index:
+                    return 0
+                report = label_folder(detector, args.folder, args.out, concepts, **options)
+        else:
+            report = label_folder(detector, args.folder, args.out, concepts, shard=args.shard, **options)
     except KeyboardInterrupt:
         print(f"interrupted: progress is saved in {args.out}; rerun the same command to continue", file=sys.stderr)
         raise
+    if args.shard is not None:
+        print(f"shard {args.shard}: {report.labelled} of {report.images} images labelled ({report.resumed} from an "
+              f"earlier run): {report.detections} boxes; run without --shard once every shard is done to write the "
+              "dataset")
+        return 0
     print(f"labelled {report.labelled} of {report.images} images ({report.resumed} from an earlier run): "
           f"{report.detections} boxes -> {args.out}")
     for name, count in report.per_category.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from regionprompt.data.files import atomic_write_text
 from regionprompt.errors import CheckpointError, RegionPromptError
+from regionprompt.sharding import parse_shard, shard_from_torchrun
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="where the teacher and the proposal network run: cpu (default), "
                         "cuda or cuda:N")
     parser.add_argument("--no-report", action="store_true", help="skip the precision report")
+    parser.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                        help="label only the blocks of --shard-images images numbered k with k %% N == I, into OUT/parts, "
+                        "for N independent jobs; then run once without --shard to merge them. Under torchrun the ranks "
+                        "shard themselves (one GPU each with --device cuda) and rank 0 merges")
     parser.set_defaults(func=run)
 
 
@@ -109,9 +114,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         source = _load_rpn(args.rpn)
         proposal_id = f"rpn:{directory_hash(args.rpn)}"
-    run_ = pseudo_label(teacher, source, cache, names, args.out, config, proposal_id=proposal_id,
-                        pool_source=pool_source, max_images=args.max_images,
-                        embedding_cache=EmbeddingCache(args.out / "embeddings.sqlite"), device=args.device)
+    def label(shard=None, device=args.device):
+        return pseudo_label(teacher, source, cache, names, args.out, config, proposal_id=proposal_id,
+                            pool_source=pool_source, max_images=args.max_images,
+                            embedding_cache=EmbeddingCache(args.out / "embeddings.sqlite"), device=device, shard=shard)
+
+    ranks = shard_from_torchrun() if args.shard is None else None
+    if ranks is not None:  # torchrun: every rank labels its shard, then rank 0 merges
+        from regionprompt.train.distributed import barrier, distributed_session, rank_device
+
+        with distributed_session(args.device):
+            label(ranks, rank_device(args.device))
+            barrier()
+        if ranks.index:
+            return 0
+    if args.shard is not None:
+        run_ = label(args.shard)
+        print(f"shard {args.shard}: labelled {run_.images} images, {run_.regions} regions kept of {run_.proposals} "
+              f"in {run_.seconds:.1f} s; run without --shard once every shard is done to merge them")
+        return 0
+    run_ = label()
     if run_.images:
         print(f"labelled images {run_.first_image}..{run_.stop_image - 1}: {run_.proposals} regions scored, "
               f"{run_.regions} kept ({run_.regions / max(run_.proposals, 1):.1%}) in {run_.seconds:.1f} s "

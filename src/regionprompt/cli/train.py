@@ -84,9 +84,15 @@ def print_run(result: LoopResult, out: Path, *, all_losses: bool = False, what: 
 
 def _train_clip(args: argparse.Namespace) -> int:
     from regionprompt.train.clip_pretrain import ClipPretrainConfig, train_clip
+    from regionprompt.train.distributed import distributed_session
 
     config = start_run(args, ClipPretrainConfig)
-    print_run(train_clip(config, args.out, cache_dir=args.cache, workers=args.workers, device=args.device), args.out)
+    with distributed_session(args.device) as dist_ctx:
+        result = train_clip(config, args.out, cache_dir=args.cache, workers=args.workers, device=args.device,
+                            max_steps_this_run=args.max_steps_this_run, shards=args.shards,
+                            shuffle_buffer=args.shuffle_buffer)
+    if dist_ctx.is_main:
+        print_run(result, args.out)
     return 0
 
 
@@ -104,6 +110,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "same command to resume. The final model is written to OUT/model (safetensors + card.json).",
     )
     add_run_options(clip, device=True)
+    clip.add_argument("--max-steps-this-run", type=int, default=None,
+                      help="stop after this many steps (checkpointed; rerun to continue)")
+    clip.add_argument("--shards", default=None,
+                      help="train on real image-caption pairs: a folder (or glob) of WebDataset .tar shards "
+                      "(regionprompt data shard, img2dataset); needs --concept-weight 0")
+    clip.add_argument("--shuffle-buffer", type=int, default=1000, help="with --shards: samples in the shuffle buffer (default 1000)")
     add_config_options(clip, ClipPretrainConfig)
     clip.set_defaults(func=_train_clip)
     for module in TRAIN_MODULES:

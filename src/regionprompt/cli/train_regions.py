@@ -30,6 +30,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", type=Path, required=True, help="pseudo-label folder (regionprompt pseudo-label --out)")
     parser.add_argument("--cache", type=Path, required=True, help="the scene cache the pseudo labels were made on")
     add_run_options(parser, scene_cache=None, device=True)
+    parser.add_argument("--max-steps-this-run", type=int, default=None,
+                        help="stop after this many steps (checkpointed; rerun to continue)")
     add_config_options(parser, RegionPretrainConfig)
     parser.set_defaults(func=_run)
 
@@ -38,8 +40,13 @@ def _run(args: argparse.Namespace) -> int:
     from regionprompt.train.regions import RegionPretrainConfig, train_regions
     from regionprompt.vl.embeddings import EmbeddingCache
 
+    from regionprompt.train.distributed import distributed_session
+
     config = start_run(args, RegionPretrainConfig)
-    result = train_regions(config, args.out, teacher=args.teacher, labels_dir=args.labels, cache_dir=args.cache,
-                           embedding_cache=EmbeddingCache(args.out / "embeddings.sqlite"), device=args.device)
-    print_run(result, args.out, all_losses=True, what="student")
+    with distributed_session(args.device) as dist_ctx:
+        result = train_regions(config, args.out, teacher=args.teacher, labels_dir=args.labels, cache_dir=args.cache,
+                               embedding_cache=EmbeddingCache(args.out / "embeddings.sqlite"), device=args.device,
+                               max_steps_this_run=args.max_steps_this_run)
+    if dist_ctx.is_main:
+        print_run(result, args.out, all_losses=True, what="student")
     return 0

@@ -21,6 +21,14 @@ Layout of a pseudo-label folder::
                       {"shard": "shards/shard_00000.safetensors", "first_image": 0, "stop_image": 256,
                        "regions": R, "proposals": P, "seconds": s, "sha256": "..."}
 
+Sharded jobs (``--shard i/n``) label the blocks of ``shard_images`` images whose number ``k`` has
+``k % n == i`` into ``parts/``: ``parts/images_FIRST_STOP.safetensors`` (the same tensors) listed in
+``parts/manifest-i-of-n.jsonl`` (lines as above, with ``"shard"`` naming the part file). A run without a
+shard first folds the parts into the store (:func:`merge_parts`): while a part starts at the first image
+the store lacks, it is linked in as the next ``shards/shard_NNNNN.safetensors``, its line appended to
+``manifest.jsonl``, and the part file removed; then it labels whatever is still missing. A part lost to
+a kill at any point is either merged once or relabelled, never both.
+
 The manifest is the only record of what is done. A shard is written to a temporary name and renamed,
 then its manifest line is appended and fsynced. Killed at any point, a rerun finds either the shard
 listed (done) or not (redone, overwriting any unlisted file of the same name), and a manifest line
@@ -33,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,6 +52,7 @@ from safetensors.torch import save_file
 
 from regionprompt.data.files import atomic_write, atomic_write_text, file_sha256
 from regionprompt.errors import DatasetError
+from regionprompt.sharding import Shard
 
 FORMAT = "regionprompt-pseudo-labels"
 FORMAT_VERSION = 1
@@ -50,6 +60,7 @@ META_FILE = "meta.json"
 POOL_FILE = "pool.json"
 MANIFEST_FILE = "manifest.jsonl"
 SHARD_DIR = "shards"
+PARTS_DIR = "parts"
 TENSORS = ("image_index", "boxes", "concept", "topk_index", "topk_prob", "objectness")
 _DTYPES = {"image_index": torch.int64, "boxes": torch.float32, "concept": torch.int64,
            "topk_index": torch.int64, "topk_prob": torch.float16, "objectness": torch.float32}
@@ -157,29 +168,95 @@ class PseudoLabelWriter:
         """Write the shard of images ``[first_image, stop_image)`` and record it; returns its manifest entry."""
         if first_image != self.next_image or stop_image <= first_image:
             raise ValueError(f"shard must start at image {self.next_image}, got [{first_image}, {stop_image})")
-        missing = set(TENSORS) - set(tensors)
-        if missing:
-            raise ValueError(f"shard tensors lack {sorted(missing)}")
-        # clone(): safetensors refuses tensors sharing memory (e.g. ``concept`` as a view of ``topk_index``).
-        state = {name: tensors[name].detach().to("cpu", _DTYPES[name]).clone() for name in TENSORS}
-        index = state["image_index"]
-        rows = {int(t.shape[0]) for t in state.values()}
-        if len(rows) != 1 or state["boxes"].shape[1:] != (4,) or state["topk_prob"].shape != state["topk_index"].shape:
-            raise ValueError(f"shard tensors disagree in shape: { {k: tuple(v.shape) for k, v in state.items()} }")
-        if len(index) and (index.min() < first_image or index.max() >= stop_image or (index[1:] < index[:-1]).any()):
-            raise ValueError(f"image_index must be ascending within [{first_image}, {stop_image})")
-        name = shard_name(len(self.entries))
-        path = self.directory / name
-        metadata = {"format": FORMAT, "first_image": str(first_image), "stop_image": str(stop_image)}
-        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
-        entry = {"shard": name, "first_image": first_image, "stop_image": stop_image,
-                 "regions": int(state["image_index"].shape[0]), **dict(stats or {}), "sha256": file_sha256(path)}
-        with (self.directory / MANIFEST_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        entry = _write_block(self.directory, shard_name(len(self.entries)), first_image, stop_image, tensors, stats)
+        _append_line(self.directory / MANIFEST_FILE, entry)
         self.entries.append(entry)
         return entry
+
+    def adopt(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Make the part ``entry`` (a line of a part manifest, starting at :attr:`next_image`) the store's
+        next shard: linked (or copied) into place, recorded, then the part file removed."""
+        if entry["first_image"] != self.next_image:
+            raise ValueError(f"a part must start at image {self.next_image}, got {entry['first_image']}")
+        source, name = self.directory / entry["shard"], shard_name(len(self.entries))
+        target = self.directory / name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(source, target)
+        adopted = {**entry, "shard": name}
+        _append_line(self.directory / MANIFEST_FILE, adopted)
+        self.entries.append(adopted)
+        source.unlink()
+        return adopted
+
+
+def _write_block(directory: Path, name: str, first_image: int, stop_image: int, tensors: Mapping[str, torch.Tensor],
+                 stats: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check and atomically write the tensors of images ``[first_image, stop_image)`` to ``directory/name``;
+    returns the manifest entry."""
+    missing = set(TENSORS) - set(tensors)
+    if missing:
+        raise ValueError(f"shard tensors lack {sorted(missing)}")
+    # clone(): safetensors refuses tensors sharing memory (e.g. ``concept`` as a view of ``topk_index``).
+    state = {key: tensors[key].detach().to("cpu", _DTYPES[key]).clone() for key in TENSORS}
+    index = state["image_index"]
+    rows = {int(t.shape[0]) for t in state.values()}
+    if len(rows) != 1 or state["boxes"].shape[1:] != (4,) or state["topk_prob"].shape != state["topk_index"].shape:
+        raise ValueError(f"shard tensors disagree in shape: { {k: tuple(v.shape) for k, v in state.items()} }")
+    if len(index) and (index.min() < first_image or index.max() >= stop_image or (index[1:] < index[:-1]).any()):
+        raise ValueError(f"image_index must be ascending within [{first_image}, {stop_image})")
+    path = directory / name
+    metadata = {"format": FORMAT, "first_image": str(first_image), "stop_image": str(stop_image)}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    return {"shard": name, "first_image": first_image, "stop_image": stop_image,
+            "regions": int(state["image_index"].shape[0]), **dict(stats or {}), "sha256": file_sha256(path)}
+
+
+def _append_line(path: Path, entry: Mapping[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class PartWriter:
+    """A shard job's blocks under ``parts/`` (module docstring); ``done`` holds the ``(first_image,
+    stop_image)`` of the blocks already written, so a rerun of the job continues where it stopped."""
+
+    def __init__(self, directory: str | Path, shard: Shard) -> None:
+        self.directory = Path(directory)
+        (self.directory / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+        self.manifest = self.directory / PARTS_DIR / f"manifest-{shard.tag}.jsonl"
+        entries, damaged = _read_manifest(self.manifest)
+        if damaged:
+            atomic_write_text(self.manifest, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+        self.done = {(e["first_image"], e["stop_image"]) for e in entries if (self.directory / e["shard"]).is_file()}
+
+    def append(self, first_image: int, stop_image: int, tensors: Mapping[str, torch.Tensor],
+               stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        name = f"{PARTS_DIR}/images_{first_image:09d}_{stop_image:09d}.safetensors"
+        entry = _write_block(self.directory, name, first_image, stop_image, tensors, stats)
+        _append_line(self.manifest, entry)
+        self.done.add((first_image, stop_image))
+        return entry
+
+
+def merge_parts(writer: PseudoLabelWriter) -> int:
+    """Fold the finished parts of sharded jobs into the store, in image order, as far as they are
+    contiguous with it; returns how many were merged. Parts whose file is gone (merged already) are skipped;
+    run it only while no shard job of the folder is still writing."""
+    starts: dict[int, dict[str, Any]] = {}
+    for manifest in sorted((writer.directory / PARTS_DIR).glob("manifest-*.jsonl")):
+        for entry in _read_manifest(manifest)[0]:
+            if (writer.directory / entry["shard"]).is_file():
+                starts.setdefault(int(entry["first_image"]), entry)
+    merged = 0
+    while writer.next_image in starts:
+        writer.adopt(starts.pop(writer.next_image))
+        merged += 1
+    return merged
 
 
 def _read_json(path: Path) -> dict[str, Any]:

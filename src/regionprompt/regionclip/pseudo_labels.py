@@ -40,8 +40,10 @@ from regionprompt.errors import RegionPromptError
 from regionprompt.logging_utils import get_logger, progress_bar
 from regionprompt.proposals import ProposalSource
 from regionprompt.regionclip.label_store import (
+    PartWriter,
     PseudoLabelWriter,
     empty_regions,
+    merge_parts,
     pool_hash,
 )
 from regionprompt.regionclip.region_encoder import (
@@ -49,6 +51,7 @@ from regionprompt.regionclip.region_encoder import (
     embed_concepts,
     encode_regions,
 )
+from regionprompt.sharding import Shard
 from regionprompt.vl.clip_model import RegionPromptCLIP
 from regionprompt.vl.embeddings import EmbeddingCache
 from regionprompt.world.scene_cache import SceneCache
@@ -147,10 +150,11 @@ class PseudoLabelRun:
     proposals: int
     regions: int
     seconds: float
+    shard_images: int | None = None  # a sharded call: the images it labelled (not one contiguous range)
 
     @property
     def images(self) -> int:
-        return self.stop_image - self.first_image
+        return self.stop_image - self.first_image if self.shard_images is None else self.shard_images
 
     @property
     def regions_per_second(self) -> float:
@@ -255,7 +259,8 @@ def identity_of(teacher_hash: str, pool_names: Sequence[str], proposal_id: str, 
 def pseudo_label(teacher: RegionPromptCLIP, source: ProposalSource, cache: SceneCache, pool_names: Sequence[str],
                  out_dir: str | Path, config: PseudoLabelConfig = PseudoLabelConfig(), *, proposal_id: str,
                  pool_source: str = "", max_images: int | None = None,
-                 embedding_cache: EmbeddingCache | None = None, device: str | torch.device = "cpu") -> PseudoLabelRun:
+                 embedding_cache: EmbeddingCache | None = None, device: str | torch.device = "cpu",
+                 shard: Shard | None = None) -> PseudoLabelRun:
     """Pseudo-label the images of ``cache`` into ``out_dir``, resuming where a previous run stopped.
 
     Args:
@@ -269,6 +274,8 @@ def pseudo_label(teacher: RegionPromptCLIP, source: ProposalSource, cache: Scene
         embedding_cache: where concept embeddings persist between runs.
         device: where the teacher (and a proposal network) run; the stored labels do not depend on it
             beyond float rounding.
+        shard: label only this shard's blocks of ``config.shard_images`` images into ``out_dir/parts``
+            (:mod:`~regionprompt.regionclip.label_store`); a call without a shard merges the parts first.
     Raises:
         PseudoLabelError: ``out_dir`` holds labels made with other settings.
     """
@@ -283,22 +290,31 @@ def pseudo_label(teacher: RegionPromptCLIP, source: ProposalSource, cache: Scene
     identity = identity_of(teacher.weights_hash(), names, proposal_id, cache, config)
     info = {"teacher": teacher.card.name, "cache_dir": str(cache.directory), "regionprompt": __version__}
     writer = PseudoLabelWriter(out_dir, identity, info, names, pool_source)
+    if shard is None and merge_parts(writer):
+        _log.info("merged the parts of sharded jobs: the store covers %d images", writer.next_image)
     stop = len(cache) if max_images is None else min(len(cache), max_images)
     start = writer.next_image
-    if start >= stop:
-        return PseudoLabelRun(writer.directory, start, start, writer.next_image, 0, 0, 0.0)
+    blocks = [(first, min(first + config.shard_images, stop)) for first in range(start, stop, config.shard_images)]
+    part = None
+    if shard is not None:
+        part = PartWriter(out_dir, shard)
+        blocks = [b for b in blocks if shard.owns(b[0] // config.shard_images) and b not in part.done]
+    if not blocks:
+        return PseudoLabelRun(writer.directory, start, start, writer.next_image, 0, 0, 0.0, None if shard is None else 0)
     concept_emb = embed_concepts(teacher, names, config.templates, embedding_cache)
     teacher.to(device)  # only after embedding: the embedding cache hashes the weights on the CPU
     if isinstance(source, torch.nn.Module):
         source.to(device)
     concept_emb = concept_emb.to(device)
     vocabulary = CaptionVocabulary(names) if config.vocabulary == "caption" else None
-    bar = progress_bar(desc="pseudo-label", total=stop, initial=start, unit="img")
+    if part is None:
+        bar = progress_bar(desc="pseudo-label", total=stop, initial=start, unit="img")
+    else:
+        bar = progress_bar(desc=f"pseudo-label shard {shard}", total=sum(b[1] - b[0] for b in blocks), unit="img")
     began = time.perf_counter()
     scored = kept = 0
     try:
-        for first in range(start, stop, config.shard_images):
-            last = min(first + config.shard_images, stop)
+        for first, last in blocks:
             shard_began = time.perf_counter()
             parts, shard_scored = [], 0
             for index in range(first, last):
@@ -311,12 +327,16 @@ def pseudo_label(teacher: RegionPromptCLIP, source: ProposalSource, cache: Scene
             tensors = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
             shard_kept = int(tensors["image_index"].shape[0])
             seconds = time.perf_counter() - shard_began
-            writer.append(first, last, tensors, {"proposals": shard_scored, "seconds": round(seconds, 3)})
+            (writer if part is None else part).append(first, last, tensors,
+                                                      {"proposals": shard_scored, "seconds": round(seconds, 3)})
             scored += shard_scored
             kept += shard_kept
             elapsed = time.perf_counter() - began
             bar.set_postfix({"regions/s": f"{scored / max(elapsed, 1e-9):.0f}", "kept": f"{kept / max(scored, 1):.0%}"})
     finally:
         bar.close()
+    if part is not None:
+        return PseudoLabelRun(writer.directory, blocks[0][0], blocks[-1][1], writer.next_image, scored, kept,
+                              time.perf_counter() - began, sum(b[1] - b[0] for b in blocks))
     return PseudoLabelRun(writer.directory, start, writer.next_image, writer.next_image, scored, kept,
                           time.perf_counter() - began)

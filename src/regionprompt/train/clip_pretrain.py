@@ -13,6 +13,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -22,11 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from regionprompt.data.webdataset import find_shards, shard_sizes
 from regionprompt.devices import resolve_device
+from regionprompt.errors import RegionPromptError
 from regionprompt.logging_utils import get_logger
 from regionprompt.train.caption_concepts import ConceptHead, caption_concepts
+from regionprompt.train.distributed import current, gather_with_grad, main_first, rank_device, rank_slice, sync_batchnorm, wrap_ddp
 from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
+from regionprompt.train.shard_batches import ShardBatches
 from regionprompt.train.schedule import warmup_cosine
 from regionprompt.vl.cards import TextCard, load_card
 from regionprompt.vl.clip_model import RegionPromptCLIP
@@ -79,13 +84,16 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: tor
 
 
 class _Batches:
-    """Deterministic batches: epoch permutations of the scenes and one caption per image, from the step."""
+    """Deterministic batches: epoch permutations of the scenes and one caption per image, from the step.
+
+    ``batch_size`` is the global batch; a call returns its global scene indices, and the images and
+    captions of the rows ``part`` (a rank's slice, :func:`~regionprompt.train.distributed.rank_slice`)."""
 
     def __init__(self, cache: SceneCache, batch_size: int, seed: int) -> None:
         self.cache, self.batch_size, self.seed = cache, batch_size, seed
         self.per_epoch = len(cache) // batch_size
 
-    def __call__(self, step: int) -> tuple[np.ndarray, torch.Tensor, list[str]]:
+    def __call__(self, step: int, part: slice = slice(None)) -> tuple[np.ndarray, torch.Tensor, list[str]]:
         epoch, position = divmod(step, self.per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.cache))
         indices = np.sort(order[position * self.batch_size : (position + 1) * self.batch_size])
@@ -94,34 +102,76 @@ class _Batches:
         for i in indices:
             options = self.cache.records[i]["captions"]
             captions.append(options[int(pick.integers(len(options)))])
-        images = torch.from_numpy(np.ascontiguousarray(self.cache.images[indices])).permute(0, 3, 1, 2)
-        return indices, images.float().div_(255.0), captions
+        images = torch.from_numpy(np.ascontiguousarray(self.cache.images[indices[part]])).permute(0, 3, 1, 2)
+        return indices, images.float().div_(255.0), captions[part]
+
+
+class _Trainee(torch.nn.Module):
+    """The CLIP model and the concept head (what the loop checkpoints) with one forward, so that
+    DistributedDataParallel can wrap both."""
+
+    def __init__(self, clip: RegionPromptCLIP, concept_head: ConceptHead) -> None:
+        super().__init__()
+        self.clip, self.concept_head = clip, concept_head
+
+    def forward(self, images: torch.Tensor, captions: list[str], phrases: list[str] | torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Image ``(B, D)``, caption ``(B, D)`` and (with ``phrases``) phrase ``(V, D)`` embeddings, and the scale."""
+        image_emb, text_emb, scale = self.clip(images, captions)
+        return image_emb, text_emb, scale, None if phrases is None else self.clip.embed_texts(phrases)
 
 
 def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
-               workers: int = 2, max_steps_this_run: int | None = None, device: str | torch.device = "cpu") -> LoopResult:
+               workers: int = 2, max_steps_this_run: int | None = None, device: str | torch.device = "cpu",
+               shards: str | Path | None = None, shuffle_buffer: int = 1000) -> LoopResult:
     """Pretrain (or resume) a CLIP teacher; the final model is saved to ``out_dir/model``.
 
     ``device`` is where the model trains (``"cuda"`` on a GPU); it is not part of the recipe: a run
-    checkpointed on one device resumes on another."""
+    checkpointed on one device resumes on another.
+
+    Under torchrun (:mod:`regionprompt.train.distributed`) ``config.batch_size`` is the global batch: each
+    rank trains on its slice, the contrastive and concept losses see the whole batch (embeddings gathered
+    across ranks) and the batch norms its statistics, so N ranks compute the steps one process would.
+
+    ``shards`` (a folder, glob or file of WebDataset tars, :mod:`regionprompt.data.webdataset`) trains on
+    real image-caption pairs streamed through a ``shuffle_buffer``-sample buffer instead of EmojiWorld
+    scenes; the world options of ``config`` are then unused, and the caption-concept loss (whose pool is
+    mined from a scene cache's captions) must be off (``concept_weight=0``)."""
     out = Path(out_dir)
-    device = resolve_device(device)
+    dist_ctx = current()
+    device = resolve_device(rank_device(device))
+    part = rank_slice(config.batch_size, dist_ctx)
     model = build_model(config)
     size = config.image_size or model.card.vision.image_size
-    spec = SceneCacheSpec("pretrain", config.world_seed, config.num_scenes, size, layout=config.layout)
-    cache = build_scene_cache(spec, Path(cache_dir or out / "scene_cache"), workers=workers)
-    if len(cache) < config.batch_size:
-        raise ValueError(f"num_scenes ({len(cache)}) must be at least the batch size ({config.batch_size})")
-    batches = _Batches(cache, config.batch_size, config.seed)
     head = ConceptHead()
     concepts = None
+    run_info: dict = asdict(config)
+    if shards is not None:
+        if config.concept_weight > 0:
+            raise RegionPromptError("training on shards needs --concept-weight 0: the caption-concept pool is mined "
+                                    "from a scene cache's captions")
+        files = find_shards(shards)
+        batches = ShardBatches(files, batch_size=part.stop - part.start, image_size=size, seed=config.seed,
+                               rank=dist_ctx.rank, world_size=dist_ctx.world_size, buffer=shuffle_buffer)
+        run_info.update(shards=[f.name for f in files], shuffle_buffer=shuffle_buffer)
+        data = f"{sum(shard_sizes(files))} image-caption pairs in {len(files)} WebDataset shards ({files[0].parent}) at {size} px"
+    else:
+        spec = SceneCacheSpec("pretrain", config.world_seed, config.num_scenes, size, layout=config.layout)
+        with main_first():
+            cache = build_scene_cache(spec, Path(cache_dir or out / "scene_cache"), workers=workers)
+        if len(cache) < config.batch_size:
+            raise ValueError(f"num_scenes ({len(cache)}) must be at least the batch size ({config.batch_size})")
+        batches = functools.partial(_Batches(cache, config.batch_size, config.seed), part=part)
+        data = f"EmojiWorld pretrain split, {config.num_scenes} {config.layout} images at {size} px, seed {config.world_seed}"
     if config.concept_weight > 0:
         out.mkdir(parents=True, exist_ok=True)
-        concepts = caption_concepts(cache.records, min_count=config.concept_min_count, pool_path=out / "concept_pool.json")
+        with main_first():  # rank 0 writes the pool, the others read it
+            concepts = caption_concepts(cache.records, min_count=config.concept_min_count, pool_path=out / "concept_pool.json")
     if config.amp:
         model = model.to(memory_format=torch.channels_last)
     # The loop checkpoints this pair; only the CLIP model is saved as the final teacher.
-    trained = torch.nn.ModuleDict({"clip": model, "concept_head": head}).to(device)
+    trained = _Trainee(sync_batchnorm(model), head).to(device)
+    forward = wrap_ddp(trained, device, find_unused_parameters=concepts is None)
 
     decay, no_decay = [], []
     for name, param in trained.named_parameters():
@@ -156,13 +206,16 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
         if config.amp:
             images = images.contiguous(memory_format=torch.channels_last)
         metrics = {}
+        phrases = None
+        if concepts is not None:
+            rng = np.random.default_rng([config.seed, 2_000_003, step])
+            vocab, targets = concepts.vocabulary(indices, config.concept_negatives, rng)
+            template = EMOJI_TEMPLATES[int(rng.integers(len(EMOJI_TEMPLATES)))]
+            phrases = phrase_inputs([template.format(concepts.pool.names[i]) for i in vocab])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-            image_emb, text_emb, scale = model(images, captions)
-            if concepts is not None:
-                rng = np.random.default_rng([config.seed, 2_000_003, step])
-                vocab, targets = concepts.vocabulary(indices, config.concept_negatives, rng)
-                template = EMOJI_TEMPLATES[int(rng.integers(len(EMOJI_TEMPLATES)))]
-                concept_emb = model.embed_texts(phrase_inputs([template.format(concepts.pool.names[i]) for i in vocab]))
+            image_emb, text_emb, scale, concept_emb = forward(images, captions, phrases)
+        # The global batch's embeddings on every rank (in-batch negatives); identity in one process.
+        image_emb, text_emb = gather_with_grad(image_emb), gather_with_grad(text_emb)
         loss = clip_loss = contrastive_loss(image_emb.float(), text_emb.float(), scale.float())
         if concepts is not None:
             concept_loss = head.loss(image_emb.float(), F.normalize(concept_emb.float(), dim=-1), targets.to(device))
@@ -187,15 +240,17 @@ def train_clip(config: ClipPretrainConfig, out_dir: str | Path, *, cache_dir: st
         checkpoint_every=config.checkpoint_every,
         desc=f"train clip ({model.card.name})",
         samples_per_step=config.batch_size,
-        run_info=asdict(config),
+        run_info=run_info,
         max_steps_this_run=max_steps_this_run,
     )
-    if needs_final_save(result, out):
+    if dist_ctx.is_main and needs_final_save(result, out):
         training = {
-            "recipe": asdict(config),
-            "data": f"EmojiWorld pretrain split, {config.num_scenes} {config.layout} images at {size} px, seed {config.world_seed}",
+            "recipe": run_info,
+            "data": data,
             "final_loss": result.metrics.get("loss"),
         }
+        if dist_ctx.enabled:
+            training["distributed"] = dist_ctx.record(config.batch_size)
         model = model.to("cpu", memory_format=torch.contiguous_format)
         _log.info("saved teacher to %s", save_final_model(model, out, training, began=began))
     return result

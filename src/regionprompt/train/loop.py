@@ -10,6 +10,7 @@ SIGTERM), so nothing but the current step is ever lost.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,8 @@ import torch
 from regionprompt.errors import CheckpointError
 from regionprompt.logging_utils import get_logger, progress_bar
 from regionprompt.train.checkpointing import TrainState, capture_rng, load_train_state, restore_rng, save_train_state
+from regionprompt.train.distributed import barrier
+from regionprompt.train.distributed import current as distributed_context
 
 _log = get_logger("train")
 
@@ -64,7 +67,13 @@ def run_loop(
     ``run_info`` (e.g. the config) is stored in the checkpoint; resuming with different ``run_info``
     is refused, since the batches and schedule would no longer match. ``max_steps_this_run`` stops
     early (for tests and time-boxed sessions); the next call resumes.
+
+    Under torchrun (:mod:`regionprompt.train.distributed`) every rank runs the loop and reads the
+    checkpoint to resume (so ``out_dir`` must be on a filesystem all machines share); rank 0 alone writes
+    the checkpoint, the log and the progress bar. ``model`` is the unwrapped module (not the DDP wrapper),
+    whose state dict is the same on every rank.
     """
+    writer, distributed = distributed_context().is_main, distributed_context().enabled
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_FILE
@@ -86,6 +95,8 @@ def run_loop(
         _log.info("resuming %s from step %d of %d", desc, start, total_steps)
 
     def save(step: int) -> None:
+        if not writer:
+            return
         save_train_state(
             TrainState(
                 step=step,
@@ -98,24 +109,33 @@ def run_loop(
             ckpt_path,
         )
 
+    terminated: list[int] = []
+
     def on_term(signum: int, frame: Any) -> None:
-        raise _Interrupted()
+        if distributed:
+            # torchrun signals every rank; stopping mid-step (inside a collective, or between the optimizer
+            # step and the step count) would save a state no step ends with, so stop at the step's end.
+            terminated.append(signum)
+        else:
+            raise _Interrupted()
 
     previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     stop = total_steps if max_steps_this_run is None else min(total_steps, start + max_steps_this_run)
-    bar = progress_bar(desc=desc, total=total_steps, initial=start, unit="step")
+    bar = progress_bar(desc=desc, total=total_steps, initial=start, unit="step", hidden=not writer)
     metrics: Mapping[str, float] = {}
     step = start
     began = time.perf_counter()
     window_t, window_steps = began, 0
     try:
-        with (out / LOG_FILE).open("a") as log:
+        with (out / LOG_FILE if writer else Path(os.devnull)).open("a") as log:
             while step < stop:
                 model.train()
                 metrics = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in step_fn(step).items()}
                 if scheduler is not None:
                     scheduler.step()
                 step += 1
+                if terminated:
+                    raise _Interrupted()
                 window_steps += 1
                 bar.update(1)
                 if step % log_every == 0 or step == stop:
@@ -138,6 +158,7 @@ def run_loop(
             signal.signal(signal.SIGTERM, previous)
     bar.close()
     save(step)
+    barrier()  # the other ranks return once rank 0's checkpoint is on disk
     return LoopResult(step, step >= total_steps, time.perf_counter() - began, metrics, start)
 
 

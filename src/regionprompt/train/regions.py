@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ from regionprompt.regionclip.region_encoder import (
     embed_concepts,
     region_feature_map,
 )
+from regionprompt.train.distributed import current, gather_with_grad, main_first, rank_device, rank_slice, wrap_ddp
 from regionprompt.train.finalize import needs_final_save, save_final_model
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.schedule import warmup_cosine
@@ -170,10 +171,11 @@ class RegionBatches:
         self.pool = np.repeat(np.arange(len(labels)), (whole + extra).astype(np.int64))
         self.per_epoch = len(self.pool) // batch_size
 
-    def __call__(self, step: int) -> RegionBatch:
+    def __call__(self, step: int, part: slice = slice(None)) -> RegionBatch:
+        """The batch of ``step``; ``part``: a rank's rows of it (:func:`~regionprompt.train.distributed.rank_slice`)."""
         epoch, position = divmod(step, self.per_epoch)
         order = self.pool[np.random.default_rng([self.seed, epoch]).permutation(len(self.pool))]
-        indices = np.sort(order[position * self.batch_size : (position + 1) * self.batch_size])
+        indices = np.sort(order[position * self.batch_size : (position + 1) * self.batch_size])[part]
         boxes, concept, topk_index, topk_prob, captions = [], [], [], [], []
         for i in indices.tolist():
             rng = np.random.default_rng([self.seed, 1_000_003, step, i])
@@ -198,22 +200,38 @@ def freeze_batchnorm(module: nn.Module) -> None:
             layer.requires_grad_(False)
 
 
+class RegionEmbedder(nn.Module):
+    """The student's trainable forward: images ``(B, 3, H, W)`` and per-image xyxy pixel boxes -> the
+    boxes' normalised region embeddings ``(sum of boxes, D)`` (one module, so DDP can wrap it)."""
+
+    def __init__(self, student: RegionPromptCLIP) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        feature_map = region_feature_map(self.student, images)
+        return F.normalize(self.student.visual.pool_regions(feature_map, boxes, ROI_SIZE), dim=-1)
+
+
 def region_losses(student: RegionPromptCLIP, teacher: RegionPromptCLIP, batch: RegionBatch, concept_emb: torch.Tensor,
-                  config: RegionPretrainConfig) -> dict[str, torch.Tensor]:
+                  config: RegionPretrainConfig, embedder: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """The losses of one batch: ``{"distill", "contrastive", "image_text"}`` (those with a non-zero
-    weight, unweighted) and ``"loss"`` (their weighted sum, differentiable w.r.t. the student)."""
+    weight, unweighted) and ``"loss"`` (their weighted sum, differentiable w.r.t. the student).
+
+    ``embedder``: the student's :class:`RegionEmbedder` (or its DDP wrapper). Under torchrun ``batch`` is
+    this rank's part: regions, images, labels and teacher targets are gathered across ranks (identity
+    in one process), so the losses are the global batch's."""
     t = config.temperature
     height, width = batch.images.shape[-2:]
     with_image = config.image_text_weight > 0
     whole = torch.tensor([[0.0, 0.0, float(width), float(height)]], device=batch.images.device)
     # One RoI pass over each image's regions, followed by its whole-image box when image-text is on.
     boxes = [torch.cat([x, whole]) for x in batch.boxes] if with_image else batch.boxes
-    feature_map = region_feature_map(student, batch.images)
-    embeddings = F.normalize(student.visual.pool_regions(feature_map, boxes, ROI_SIZE), dim=-1)
+    embeddings = (embedder or RegionEmbedder(student))(batch.images, boxes)
     is_whole = torch.zeros(len(embeddings), dtype=torch.bool, device=embeddings.device)
     if with_image:
         is_whole[torch.tensor([len(x) for x in boxes], device=embeddings.device).cumsum(0) - 1] = True
-    region_emb, image_emb = embeddings[~is_whole], embeddings[is_whole]
+    region_emb, image_emb = gather_with_grad(embeddings[~is_whole]), gather_with_grad(embeddings[is_whole])
     losses: dict[str, torch.Tensor] = {}
     if config.distill_weight > 0:
         student_logits = concept_logits(region_emb, concept_emb, t)
@@ -221,15 +239,16 @@ def region_losses(student: RegionPromptCLIP, teacher: RegionPromptCLIP, batch: R
             with torch.no_grad():
                 teacher_map = region_feature_map(teacher, batch.images)
                 teacher_emb = F.normalize(teacher.visual.pool_regions(teacher_map, batch.boxes, ROI_SIZE), dim=-1)
-                teacher_probs = concept_logits(teacher_emb, concept_emb, t).softmax(dim=-1)
+                teacher_probs = gather_with_grad(concept_logits(teacher_emb, concept_emb, t).softmax(dim=-1))
             losses["distill"] = region_distillation_loss(student_logits, teacher_probs)
         else:
-            losses["distill"] = topk_distillation_loss(student_logits, batch.topk_index, batch.topk_prob)
+            losses["distill"] = topk_distillation_loss(student_logits, gather_with_grad(batch.topk_index),
+                                                       gather_with_grad(batch.topk_prob))
     if config.contrastive_weight > 0:
-        losses["contrastive"] = concept_contrastive_loss(region_emb, concept_emb, batch.concept, t)
+        losses["contrastive"] = concept_contrastive_loss(region_emb, concept_emb, gather_with_grad(batch.concept), t)
     if with_image:
         with torch.no_grad():
-            caption_emb = teacher.text_encoder().encode_text(batch.captions)
+            caption_emb = gather_with_grad(teacher.text_encoder().encode_text(batch.captions))
         losses["image_text"] = image_text_loss(image_emb, caption_emb, t)
     weights = {"distill": config.distill_weight, "contrastive": config.contrastive_weight, "image_text": config.image_text_weight}
     losses["loss"] = sum(weights[name] * value for name, value in losses.items())  # type: ignore[assignment]
@@ -247,14 +266,16 @@ class RegionTrainer:
     labels: PseudoLabels
     config: RegionPretrainConfig
     device: torch.device = torch.device("cpu")
+    part: slice = field(default_factory=lambda: slice(None))  # this rank's rows of each batch (all of them in one process)
+    embedder: nn.Module | None = None  # the student's RegionEmbedder, DDP-wrapped under torchrun
 
     def batch(self, step: int) -> RegionBatch:
-        batch = self.batches(step).to(self.device)
+        batch = self.batches(step, self.part).to(self.device)
         return batch.resized(self.config.image_size) if self.config.image_size else batch
 
     def losses(self, step: int) -> dict[str, torch.Tensor]:
         freeze_batchnorm(self.student.visual)
-        return region_losses(self.student, self.teacher, self.batch(step), self.concept_emb, self.config)
+        return region_losses(self.student, self.teacher, self.batch(step), self.concept_emb, self.config, self.embedder)
 
 
 def prepare(config: RegionPretrainConfig, *, teacher: str | Path | RegionPromptCLIP, labels_dir: str | Path,
@@ -288,10 +309,18 @@ def prepare(config: RegionPretrainConfig, *, teacher: str | Path | RegionPromptC
 def train_regions(config: RegionPretrainConfig, out_dir: str | Path, *, teacher: str | Path, labels_dir: str | Path,
                   cache_dir: str | Path, max_steps_this_run: int | None = None,
                   embedding_cache: EmbeddingCache | None = None, device: str | torch.device = "cpu") -> LoopResult:
-    """Train (or resume) the student on ``device``; the final model is saved to ``out_dir/model``."""
+    """Train (or resume) the student on ``device``; the final model is saved to ``out_dir/model``.
+
+    Under torchrun (:mod:`regionprompt.train.distributed`) ``config.batch_size`` is the global batch of
+    images, split over the ranks; the losses see every rank's regions (gathered), so N ranks take the
+    steps one process would."""
     out = Path(out_dir)
-    trainer = prepare(config, teacher=teacher, labels_dir=labels_dir, cache_dir=cache_dir, embedding_cache=embedding_cache,
-                      device=device)
+    dist_ctx = current()
+    with main_first():  # rank 0 fills the concept-embedding cache, the others read it
+        trainer = prepare(config, teacher=teacher, labels_dir=labels_dir, cache_dir=cache_dir,
+                          embedding_cache=embedding_cache, device=rank_device(device))
+    trainer.part = rank_slice(config.batch_size, dist_ctx)
+    trainer.embedder = wrap_ddp(RegionEmbedder(trainer.student), trainer.device)
     visual = trainer.student.visual
     decay, no_decay = [], []
     for param in visual.parameters():
@@ -332,7 +361,7 @@ def train_regions(config: RegionPretrainConfig, out_dir: str | Path, *, teacher:
         run_info={"config": asdict(config), "labels": labels_identity},
         max_steps_this_run=max_steps_this_run,
     )
-    if needs_final_save(result, out):
+    if dist_ctx.is_main and needs_final_save(result, out):
         student = trainer.student.to("cpu")
         teacher_card = trainer.teacher.card
         training = {
@@ -343,6 +372,8 @@ def train_regions(config: RegionPretrainConfig, out_dir: str | Path, *, teacher:
                               "proposals": trainer.labels.meta["identity"].get("proposals")},
             "final_losses": dict(result.metrics),
         }
+        if dist_ctx.enabled:
+            training["distributed"] = dist_ctx.record(config.batch_size)
         student.card = teacher_card  # the student is saved as the teacher's architecture with its own weights
         _log.info("saved the student to %s", save_final_model(student, out, training, began=began))
     return result
