@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from regionprompt.errors import RegionPromptError
 from regionprompt.images import load_image
@@ -80,3 +81,21 @@ def test_empty_and_invalid_detections():
         Detections(torch.zeros(2, 4), [0.1], [0], ("a",), (5, 5))
     with pytest.raises(RegionPromptError, match="index the 1 names"):
         Detections(torch.zeros(1, 4), [0.1], [3], ("a",), (5, 5))
+
+
+def test_save_and_crops(two_cats, tmp_path):
+    image, dets = two_cats
+    path = dets.save(tmp_path / "out" / "cats.jpg", image.image)
+    saved = Image.open(path)
+    assert saved.format == "JPEG" and saved.size == image.wh
+    assert np.abs(np.asarray(saved, dtype=np.int16) - np.asarray(image.image.convert("RGB"), dtype=np.int16)).max() > 100
+    with pytest.raises(RegionPromptError, match="writes an image"):
+        dets.save(tmp_path / "cats.json", image.image)
+    crops = dets.crops(image.image)
+    assert [name for name, _, _ in crops] == [dets.names[int(dets.labels[i])] for i in dets.scores.argsort(descending=True, stable=True)]
+    best = int(dets.scores.argmax())
+    x1, y1, x2, y2 = dets.boxes[best].tolist()
+    name, score, crop = crops[0]
+    assert score == float(dets.scores[best]) and abs(crop.width - (x2 - x1)) <= 2 and abs(crop.height - (y2 - y1)) <= 2
+    with pytest.raises(RegionPromptError, match="needs the image"):
+        Detections.empty(["cat"], (10, 10)).crops()

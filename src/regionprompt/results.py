@@ -8,9 +8,11 @@ tensor or a slice returns a new :class:`Detections` (detectron2's ``Instances`` 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +22,9 @@ from torchvision.ops import batched_nms, clip_boxes_to_image, nms
 from regionprompt.boxes import BoxFormat, as_box_tensor, convert_boxes
 from regionprompt.errors import RegionPromptError
 from regionprompt.prompts import PromptCategory
+
+#: What Detections.save writes, by file suffix -> Pillow format.
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
 
 @dataclass(frozen=True)
@@ -219,14 +224,45 @@ class Detections:
         """
         from regionprompt.draw import draw_boxes
 
-        if image is None:
-            from regionprompt.images import load_image
-
-            if not self.image_name or not os.path.isfile(self.image_name):
-                raise RegionPromptError("plot() needs the image: these detections were not made on an image file "
-                                        f"({self.image_name or 'no name'}); pass it, dets.plot(image)")
-            image = load_image(self.image_name).image
+        image = self._source_image(image, "plot()")
         return draw_boxes(image, self.boxes, self.label_names, self.scores, label_ids=self.labels.tolist(), **kwargs)
+
+    def _source_image(self, image: Image.Image | None, what: str) -> Image.Image:
+        """``image``, or the image file the detections were made on."""
+        if image is not None:
+            return image
+        from regionprompt.images import load_image
+
+        if not self.image_name or not os.path.isfile(self.image_name):
+            raise RegionPromptError(f"{what} needs the image: these detections were not made on an image file "
+                                    f"({self.image_name or 'no name'}); pass it, e.g. dets.{what[:-1]}image)")
+        return load_image(self.image_name).image
+
+    def save(self, path: str | os.PathLike, image: Image.Image | None = None, **kwargs: Any) -> Path:
+        """Write :meth:`plot`'s drawing to ``path`` (``.png``, ``.jpg``/``.jpeg`` or ``.webp``; written
+        atomically, folders created); returns the path. ``image`` as for :meth:`plot`."""
+        from regionprompt.data.files import atomic_write
+
+        path = Path(path)
+        kind = IMAGE_SUFFIXES.get(path.suffix.lower())
+        if kind is None:
+            raise RegionPromptError(f"{path}: save() writes an image; give a file ending in "
+                                    f"{', '.join(sorted(IMAGE_SUFFIXES))} (to_json() gives the detections)")
+        drawn = self.plot(image, **kwargs)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, lambda tmp: drawn.convert("RGB").save(tmp, format=kind))
+
+    def crops(self, image: Image.Image | None = None) -> list[tuple[str, float, Image.Image]]:
+        """``(name, score, crop)`` per detection, best first: the image cut to each box (rounded outward to
+        whole pixels, at least 1 x 1). ``image`` as for :meth:`plot`."""
+        image = self._source_image(image, "crops()")
+        out = []
+        for i in self.scores.argsort(descending=True, stable=True).tolist():
+            x1, y1, x2, y2 = self.boxes[i].tolist()
+            left, top = max(0, math.floor(x1)), max(0, math.floor(y1))
+            right, bottom = min(image.width, max(left + 1, math.ceil(x2))), min(image.height, max(top + 1, math.ceil(y2)))
+            out.append((self.names[int(self.labels[i])], float(self.scores[i]), image.crop((left, top, right, bottom))))
+        return out
 
     def to_supervision(self) -> Any:
         """A ``supervision.Detections`` (needs the ``supervision`` package; see :func:`to_supervision`)."""
