@@ -256,12 +256,13 @@ class Detections:
         """``(name, score, crop)`` per detection, best first: the image cut to each box (rounded outward to
         whole pixels, at least 1 x 1). ``image`` as for :meth:`plot`."""
         image = self._source_image(image, "crops()")
+        names = self.label_names
         out = []
         for i in self.scores.argsort(descending=True, stable=True).tolist():
             x1, y1, x2, y2 = self.boxes[i].tolist()
             left, top = max(0, math.floor(x1)), max(0, math.floor(y1))
             right, bottom = min(image.width, max(left + 1, math.ceil(x2))), min(image.height, max(top + 1, math.ceil(y2)))
-            out.append((self.names[int(self.labels[i])], float(self.scores[i]), image.crop((left, top, right, bottom))))
+            out.append((names[i], float(self.scores[i]), image.crop((left, top, right, bottom))))
         return out
 
     def to_supervision(self) -> Any:

@@ -123,12 +123,16 @@ class RegionNamer:
         for box, score in zip(boxes, scores):
             score = score.float().clamp(0, 1)
             objectness = score.max(dim=1).values if score.ndim == 2 else score
-            # Only the best boxes are named: pooling a region (res5 + attention pool) is most of the namer's
-            # time, and low-objectness queries rarely survive sqrt(p * s) anyway.
-            order = objectness.argsort(descending=True)[: self.config.max_proposals]
+            order = self._best(objectness)
             proposals.append(Proposals(box[order].float(), objectness[order],
                                        score[order] if score.ndim == 2 else None))
         return self.detector.detect(list(images), categories, proposals=proposals, threshold=threshold)
+
+    def _best(self, objectness: torch.Tensor) -> torch.Tensor:
+        """Indices of the ``max_proposals`` most object-like queries, best first. Only those are scored:
+        pooling a region (res5 + attention pool) is most of the namer's time, and low-objectness queries
+        rarely survive ``sqrt(p * s)`` anyway."""
+        return objectness.argsort(descending=True)[: self.config.max_proposals]
 
     @property
     def dim(self) -> int:
@@ -158,7 +162,7 @@ class RegionNamer:
         maps = regions.feature_maps(regions.pixels([im.image for im in images]))
         out = []
         for image, fmap, box, score in zip(images, maps, boxes, scores):
-            order = score.max(dim=1).values.argsort(descending=True)[: cfg.max_proposals]
+            order = self._best(score.max(dim=1).values)
             box, score = box[order].float(), score[order].float()
             width, height = image.wh
             pooled = regions.pool(fmap, torch.cat([box, torch.tensor([[0.0, 0.0, float(width), float(height)]])]),
