@@ -51,7 +51,8 @@ def _train_regionclip(args: argparse.Namespace) -> int:
     text_cache = None if args.no_text_cache else EmbeddingCache(args.text_cache)
     result = train_regionclip_detector(config, args.out, clip=args.clip, rpn=args.rpn, cache_dir=args.cache,
                                        workers=args.workers, text_cache=text_cache,
-                                       max_steps_this_run=args.max_steps_this_run, device=args.device)
+                                       max_steps_this_run=args.max_steps_this_run, device=args.device,
+                                       caption_cache_dir=args.caption_cache)
     print_run(result, args.out, what="detector")
     return 0
 
@@ -83,6 +84,9 @@ def regionclip_parser(prog: str = "regionprompt train detector") -> argparse.Arg
     parser.add_argument("--clip", type=Path, required=True, help="CLIP model folder to fine-tune (teacher or student)")
     parser.add_argument("--rpn", type=Path, required=True, help="trained proposal network folder (stays frozen)")
     add_run_options(parser, scene_cache="det-train scene cache", device=True)
+    parser.add_argument("--caption-cache", type=Path, default=None,
+                        help="iconic pretrain scene cache of the caption term (--caption-weight > 0; default "
+                        "OUT/caption_cache, rendered when missing)")
     _add_common(parser)
     add_config_options(parser, RegionClipTransferConfig)
     parser.set_defaults(func=_train_regionclip)

@@ -55,6 +55,8 @@ from regionprompt.errors import RegionPromptError
 from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.logging_utils import get_logger
 from regionprompt.regionclip.region_encoder import ROI_SIZE, region_feature_map
+from regionprompt.train.augment import augment_batch
+from regionprompt.train.caption_regions import CaptionImages, load_caption_images
 from regionprompt.train.finalize import MODEL_DIR, RECIPE_FILE, needs_final_save
 from regionprompt.train.loop import LoopResult, run_loop
 from regionprompt.train.schedule import warmup_cosine
@@ -97,10 +99,19 @@ class RegionClipTransferConfig:
     flip: float = 0.5  # probability of a horizontal flip per image
     seed: int = 0  # batch order, flips, RoI sampling
     checkpoint_every: int = 200
+    augment: bool = False  # appearance augmentation that keeps the concept (train/augment.py), scenes and caption images
+    # The caption term (train/caption_regions.py): iconic pretrain image-caption pairs name the pool phrases
+    # their captions mention, so names never boxed (novel) are taught too. 0 = off.
+    caption_weight: float = 0.0
+    caption_images: int = 20000  # iconic pretrain images (rendered once into their own scene cache)
+    caption_size: int = 128  # side of the stored caption images (the model sees them at this size)
+    caption_batch: int = 16  # caption images per step
+    caption_min_count: int = 5  # a caption phrase joins the pool when at least this many images mention it
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("steps", "batch_size", "rpn_proposals", "rois_per_image", "num_scenes", "checkpoint_every"):
+        for name in ("steps", "batch_size", "rpn_proposals", "rois_per_image", "num_scenes", "checkpoint_every",
+                     "caption_images", "caption_batch", "caption_min_count"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 32:
@@ -109,8 +120,10 @@ class RegionClipTransferConfig:
             problems.append(f"scene_size must be >= 32, got {self.scene_size}")
         if not 0 < self.fg_fraction <= 1 or not 0 < self.fg_iou <= 1 or not 0 <= self.flip <= 1:
             problems.append("fg_fraction and fg_iou must be in (0, 1], flip in [0, 1]")
-        if self.temperature <= 0 or self.focal_gamma < 0 or self.background_weight < 0:
-            problems.append("temperature must be > 0, focal_gamma and background_weight >= 0")
+        if self.temperature <= 0 or self.focal_gamma < 0 or self.background_weight < 0 or self.caption_weight < 0:
+            problems.append("temperature must be > 0, focal_gamma, background_weight and caption_weight >= 0")
+        if self.caption_size < 32:
+            problems.append(f"caption_size must be >= 32, got {self.caption_size}")
         if self.background_init not in BACKGROUND_INITS:
             problems.append(f"background_init must be one of {BACKGROUND_INITS}, got {self.background_init!r}")
         if not 0 <= self.frozen_stages <= 4:
@@ -288,15 +301,17 @@ class TransferStep:
         batches: det-train batches (:class:`~regionprompt.train.trex2.SceneBatches`).
         classes: the base classes; class_embeddings: ``(C, D)`` their normalised text embeddings.
         device: where the models are; RoI sampling runs on the CPU and its batch is moved there.
+        captions: the caption term's images and pool (``config.caption_weight > 0``), else ``None``.
     """
 
     def __init__(self, clip: RegionPromptCLIP, model: TransferModel, rpn: ProposalNetwork, batches: SceneBatches,
                  classes: BaseClasses, class_embeddings: torch.Tensor, config: RegionClipTransferConfig,
-                 device: torch.device = torch.device("cpu")) -> None:
+                 device: torch.device = torch.device("cpu"), captions: CaptionImages | None = None) -> None:
         self.clip, self.model, self.rpn, self.batches = clip, model, rpn.eval(), batches
         self.classes, self.class_embeddings, self.config = classes, class_embeddings, config
         self.input_size = int(config.image_size or clip.card.vision.image_size)
         self.device = device
+        self.captions = captions
 
     def rois(self, step: int) -> RoiBatch:
         """The batch of ``step`` with its proposals, labels and sampled RoIs (deterministic in ``step``)."""
@@ -322,7 +337,10 @@ class TransferStep:
             pick = sample_rois(candidate_labels, self.classes.background, config.rois_per_image, config.fg_fraction, rng)
             boxes.append(candidates[pick] * scale)
             labels.append(candidate_labels[pick])
-        stacked = torch.stack(pixels).to(self.device)
+        stacked = torch.stack(pixels)
+        if config.augment:  # the RPN saw the clean scene: augmentation changes drawings, not where objects are
+            stacked = augment_batch(stacked, config.seed, step)
+        stacked = stacked.to(self.device)
         if size != self.input_size:
             stacked = F.interpolate(stacked, size=(self.input_size, self.input_size), mode="bilinear",
                                     align_corners=False, antialias=True).clamp_(0, 1)
@@ -350,6 +368,11 @@ class TransferStep:
             if is_bg.any():
                 terms["bg_acc"] = right[is_bg].float().mean()
             terms["fg_rois"] = (~is_bg).sum().float() / len(rois.boxes)
+        if self.captions is not None and config.caption_weight > 0:
+            batch = self.captions.batch(step, config.caption_batch, config.seed, augment=config.augment)
+            caption_loss, caption_top1 = self.captions.loss(self.clip, batch, config.temperature)
+            terms["loss"] = terms["loss"] + config.caption_weight * caption_loss
+            terms["caption_loss"], terms["caption_top1"] = caption_loss, caption_top1
         return terms
 
 
@@ -375,9 +398,11 @@ def initial_background(clip: RegionPromptCLIP, config: RegionClipTransferConfig,
 
 def prepare(config: RegionClipTransferConfig, *, clip: str | Path | RegionPromptCLIP,
             rpn: str | Path | ProposalNetwork, cache: SceneCache,
-            text_cache: EmbeddingCache | None = None, device: str | torch.device = "cpu") -> TransferStep:
+            text_cache: EmbeddingCache | None = None, device: str | torch.device = "cpu",
+            caption_cache: SceneCache | None = None, pool_path: Path | None = None) -> TransferStep:
     """Load the CLIP and the RPN, embed the base classes, and build the trainable model and the step, with
-    the models on ``device``."""
+    the models on ``device``. With ``config.caption_weight > 0``, ``caption_cache`` (a pretrain scene cache)
+    feeds the caption term and its phrase pool is saved at (or reused from) ``pool_path``."""
     device = resolve_device(device)
     clip_model = clip if isinstance(clip, RegionPromptCLIP) else load_checkpoint(clip)
     rpn_model = rpn if isinstance(rpn, ProposalNetwork) else ProposalNetwork.load(rpn)
@@ -386,10 +411,17 @@ def prepare(config: RegionClipTransferConfig, *, clip: str | Path | RegionPrompt
     embeddings = class_embeddings(clip_model, classes, config.templates, text_cache)
     model = TransferModel(clip_model, config.frozen_stages, initial_background(clip_model, config, text_cache))
     batches = SceneBatches(cache, config.batch_size, config.seed)
+    captions = None
+    if config.caption_weight > 0:
+        if caption_cache is None or pool_path is None:
+            raise RegionPromptError("the caption term (caption_weight > 0) needs a pretrain scene cache and a pool path")
+        captions = load_caption_images(caption_cache, clip_model, templates=config.templates,
+                                       min_count=config.caption_min_count, pool_path=pool_path, text_cache=text_cache)
+        captions.embeddings = captions.embeddings.to(device)
     clip_model.to(device)
     model.to(device)  # the background; the image tower is the CLIP's own, already moved
     rpn_model.to(device)
-    return TransferStep(clip_model, model, rpn_model, batches, classes, embeddings.to(device), config, device)
+    return TransferStep(clip_model, model, rpn_model, batches, classes, embeddings.to(device), config, device, captions)
 
 
 def _summary(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -400,7 +432,8 @@ def train_regionclip_detector(config: RegionClipTransferConfig, out_dir: str | P
                               clip: str | Path | RegionPromptCLIP, rpn: str | Path | ProposalNetwork,
                               cache_dir: str | Path | None = None, workers: int = 2,
                               text_cache: EmbeddingCache | None = None, log_every: int = 10,
-                              max_steps_this_run: int | None = None, device: str | torch.device = "cpu") -> LoopResult:
+                              max_steps_this_run: int | None = None, device: str | torch.device = "cpu",
+                              caption_cache_dir: str | Path | None = None) -> LoopResult:
     """Train (or resume) the RegionCLIP detector; the final detector folder is saved to ``out_dir/model``.
 
     Args:
@@ -409,11 +442,20 @@ def train_regionclip_detector(config: RegionClipTransferConfig, out_dir: str | P
         cache_dir: the det-train scene cache (default ``out_dir/scene_cache``); rendered if missing.
         text_cache: where the class-name embeddings persist (``None``: computed, not stored).
         device: where the models train (``"cuda"`` on a GPU); not part of the recipe.
+        caption_cache_dir: the iconic pretrain scene cache of the caption term (default
+            ``out_dir/caption_cache``); rendered if missing; unused when ``config.caption_weight`` is 0.
     """
     out = Path(out_dir)
     spec = SceneCacheSpec("det-train", config.world_seed, config.num_scenes, config.scene_size)
     cache = build_scene_cache(spec, Path(cache_dir or out / "scene_cache"), workers=workers)
-    step_losses = prepare(config, clip=clip, rpn=rpn, cache=cache, text_cache=text_cache, device=device)
+    caption_cache = None
+    if config.caption_weight > 0:
+        caption_spec = SceneCacheSpec("pretrain", config.world_seed, config.caption_images, config.caption_size,
+                                      layout="iconic")
+        caption_cache = build_scene_cache(caption_spec, Path(caption_cache_dir or out / "caption_cache"), workers=workers)
+        out.mkdir(parents=True, exist_ok=True)
+    step_losses = prepare(config, clip=clip, rpn=rpn, cache=cache, text_cache=text_cache, device=device,
+                          caption_cache=caption_cache, pool_path=out / "caption_pool.json")
     model, clip_model, rpn_model = step_losses.model, step_losses.clip, step_losses.rpn
     tower = model.tower_parameters()
     optimizer = torch.optim.AdamW(
@@ -455,7 +497,9 @@ def train_regionclip_detector(config: RegionClipTransferConfig, out_dir: str | P
             "stage": "RegionCLIP open-vocabulary transfer (detector fine-tuning on base classes)",
             "recipe": asdict(config),
             "data": f"EmojiWorld det-train, {config.num_scenes} scenes at {config.scene_size} px, seed "
-                    f"{config.world_seed}; boxes of the {len(step_losses.classes)} base concepts only",
+                    f"{config.world_seed}; boxes of the {len(step_losses.classes)} base concepts only"
+                    + (f"; plus {config.caption_images} iconic pretrain image-caption pairs at {config.caption_size} px "
+                       f"(captions only, no boxes)" if config.caption_weight > 0 else ""),
             "initial_clip": {"name": clip_model.card.name, "weights_hash": start["clip_hash"],
                              "training": dict(clip_model.card.training)},
             "rpn": {"name": rpn_model.card.name, "weights_hash": rpn_model.card.weights_hash},
