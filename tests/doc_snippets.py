@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "notebook").glob("*.md"))]
 RUN = "<!-- run -->"
 NOT_RUN = re.compile(r"<!-- not run: (?P<reason>.+?) -->")
 FENCE = re.compile(r"^(?P<quote>>\s?)?(?P<indent>\s*)```(?P<lang>[\w-]*)\s*$")

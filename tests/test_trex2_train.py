@@ -153,9 +153,12 @@ def test_cli_trains_a_detector(tmp_path, cache_dir, capsys):
             "--no-text-cache", "--threads", "1", "--steps", "2", "--text-warmup-steps", "1", "--cycle", "b"]
     for key, value in flags.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    assert main(argv) == 0
+    assert main([*argv, "--device", "cpu"]) == 0
     assert "trained 2 steps (finished)" in capsys.readouterr().out
     assert TRex2.load(tmp_path / "run" / "model").card.image_size == 64
+    if not torch.cuda.is_available():  # same rule as every training command: no silent fallback to the CPU
+        assert main([*argv[:5], str(tmp_path / "gpu"), *argv[6:], "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
     assert main(["train", "detector", "--arch", "trex2", "--out", str(tmp_path / "bad"), "--cycle", "xyz"]) == 2
 
 

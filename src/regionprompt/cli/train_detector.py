@@ -35,7 +35,7 @@ def _train_detector(args: argparse.Namespace) -> int:
     config = start_run(args, TRex2TrainConfig)
     text_cache = None if args.no_text_cache else EmbeddingCache(args.text_cache)
     result = train_trex2(config, args.out, cache_dir=args.cache, workers=args.workers, text_cache=text_cache,
-                         max_steps_this_run=args.max_steps_this_run, init=args.init)
+                         max_steps_this_run=args.max_steps_this_run, init=args.init, device=args.device)
     print_run(result, args.out)
     return 0
 
@@ -121,7 +121,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "`regionprompt train detector --arch regionclip --help`.",
     )
     parser.add_argument("--arch", choices=ARCHITECTURES, default="trex2", help="detector architecture")
-    add_run_options(parser, scene_cache="det-train scene cache")
+    add_run_options(parser, scene_cache="det-train scene cache", device=True)
     _add_common(parser)
     add_config_options(parser, TRex2TrainConfig)
     parser.add_argument("--init", type=Path, default=None, metavar="DIR",

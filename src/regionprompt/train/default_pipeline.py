@@ -90,6 +90,9 @@ def scene_specs(config: DefaultPipelineConfig) -> dict[str, SceneCacheSpec]:
     if config.namer_tuning is not None:
         n = config.namer_tuning
         specs["namer"] = SceneCacheSpec("det-train", n.world_seed, n.num_scenes, n.scene_size)
+        if n.caption_weight > 0:  # the caption term's iconic image-caption pairs (train/caption_regions.py)
+            specs["namer_captions"] = SceneCacheSpec("pretrain", n.world_seed, n.caption_images, n.caption_size,
+                                                     layout="iconic")
     if config.student:
         specs["pseudo_labels"] = SceneCacheSpec("pretrain", config.pseudo_label_seed, config.pseudo_label_scenes,
                                                 config.pseudo_label_size)
@@ -477,6 +480,8 @@ def run_default_pipeline(config: DefaultPipelineConfig, out_dir: str | Path, *, 
             if stop is None or done < stop:
                 train_regionclip_detector(config.namer_tuning, paths.namer, clip=teacher_model, rpn=rpn_model,
                                           cache_dir=paths.cache(specs["namer"]), workers=config.workers,
+                                          caption_cache_dir=(paths.cache(specs["namer_captions"])
+                                                             if "namer_captions" in specs else None),
                                           text_cache=EmbeddingCache(paths.embeddings),
                                           max_steps_this_run=None if stop is None else stop - done)
             tuned, step, _ = tuned_tower(checkpoint)  # the loop checkpoints its last step, stopped or finished

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_convert
 
+from regionprompt.devices import resolve_device
 from regionprompt.errors import DatasetError, RegionPromptError
 from regionprompt.interop.checkpoints import load_checkpoint
 from regionprompt.logging_utils import get_logger
@@ -262,29 +263,34 @@ class StepPrompts:
 class TRex2Step:
     """Builds the prompts and targets of a step and computes its losses (independent of the loop, for tests)."""
 
-    def __init__(self, model: TRex2, config: TRex2TrainConfig, text_table: torch.Tensor, table_ids: list[int]) -> None:
-        self.model, self.config = model, config
-        self.text_table = text_table  # (C, E) frozen text features of table_ids
+    def __init__(self, model: TRex2, config: TRex2TrainConfig, text_table: torch.Tensor, table_ids: list[int],
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.model, self.config, self.device = model, config, device
+        self.text_table = text_table.to(device)  # (C, E) frozen text features of table_ids
         self.row = {c: i for i, c in enumerate(table_ids)}
         self.criterion = TRex2Criterion(weights=LossWeights(align=config.align_weight))
 
     def _normalised_targets(self, batch: SceneBatch) -> list[torch.Tensor]:
         size = batch.images.shape[-1]
-        return [box_convert(torch.from_numpy(b).float() / size, "xyxy", "cxcywh") for b in batch.boxes]
+        return [box_convert(torch.from_numpy(b).float() / size, "xyxy", "cxcywh").to(self.device) for b in batch.boxes]
+
+    def _rows(self, concepts: list[int]) -> torch.Tensor:
+        """``(len(concepts), E)`` text features of ``concepts`` (rows of the frozen table)."""
+        return self.text_table[torch.tensor([self.row[c] for c in concepts], device=self.device)]
 
     def _text_prompts(self, batch: SceneBatch, rng: np.random.Generator) -> StepPrompts:
         present = sorted({int(c) for ids in batch.concepts for c in ids})
         others = [c for c in self.row if c not in set(present)]
         extra = min(self.config.extra_negatives, len(others))
         columns = present + [int(c) for c in rng.choice(others, size=extra, replace=False)] if extra else present
-        rows = torch.tensor([self.row[c] for c in columns])
-        prompts = self.model.text_prompt_embeddings(self.text_table[rows])
+        prompts = self.model.text_prompt_embeddings(self._rows(columns))
         position = {c: i for i, c in enumerate(columns)}
         targets = tuple(
-            DetectionTarget(boxes, torch.tensor([position[int(c)] for c in ids], dtype=torch.long))
+            DetectionTarget(boxes, torch.tensor([position[int(c)] for c in ids], dtype=torch.long, device=self.device))
             for boxes, ids in zip(self._normalised_targets(batch), batch.concepts)
         )
-        return StepPrompts(prompts, torch.tensor(columns), targets, torch.zeros(()))
+        return StepPrompts(prompts, torch.tensor(columns, device=self.device), targets,
+                           torch.zeros((), device=self.device))
 
     def _draw(self, boxes: np.ndarray, kind: str, rng: np.random.Generator) -> torch.Tensor:
         """1..``max_prompts`` random boxes of ``boxes`` ``(M, 4)`` -> ``(n, 4)`` box or ``(n, 2)`` point prompts."""
@@ -340,22 +346,24 @@ class TRex2Step:
                 column_groups.append(made)
                 columns.append(c)
         size = batch.images.shape[-1]
-        prompt_batch = make_prompt_batch(groups, [(size, size)] * len(batch.boxes))
+        prompt_batch = make_prompt_batch(groups, [(size, size)] * len(batch.boxes)).to(self.device)
         per_group = self.model.visual_prompt_embeddings(encoded, prompt_batch)
         prompts = torch.stack([mean_embedding(per_group[g]) for g in column_groups])
-        column_concepts = torch.tensor(columns)
+        column_concepts = torch.tensor(columns, device=self.device)
         unique = sorted(set(columns))
-        text = self.model.text_prompt_embeddings(self.text_table[torch.tensor([self.row[c] for c in unique])])
-        align = alignment_loss(prompts.float(), column_concepts, text.float(), torch.tensor(unique),
+        text = self.model.text_prompt_embeddings(self._rows(unique))
+        align = alignment_loss(prompts.float(), column_concepts, text.float(), torch.tensor(unique, device=self.device),
                                config.align_temperature)
         if config.visual_text_negatives:
             others = [c for c in self.row if c not in images_of]
             extra = [int(c) for c in rng.choice(others, size=min(config.visual_text_negatives, len(others)), replace=False)]
-            negatives = self.model.text_prompt_embeddings(self.text_table[torch.tensor([self.row[c] for c in extra])])
+            negatives = self.model.text_prompt_embeddings(self._rows(extra))
             prompts = torch.cat([prompts, negatives])
-            column_concepts = torch.cat([column_concepts, torch.tensor(extra, dtype=column_concepts.dtype)])
+            column_concepts = torch.cat([column_concepts, torch.tensor(extra, dtype=column_concepts.dtype,
+                                                                       device=self.device)])
         targets = tuple(
-            DetectionTarget(boxes, torch.tensor([position[(b, int(c))] for c in ids], dtype=torch.long))
+            DetectionTarget(boxes, torch.tensor([position[(b, int(c))] for c in ids], dtype=torch.long,
+                                                device=self.device))
             for b, (boxes, ids) in enumerate(zip(self._normalised_targets(batch), batch.concepts))
         )
         return StepPrompts(prompts, column_concepts, targets, align)
@@ -365,21 +373,22 @@ class TRex2Step:
         config = self.config
         kind = config.iteration_kind(step)
         rng = np.random.default_rng([config.seed, 2, step])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
-            encoded = self.model.encode_images(batch.images)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.amp):
+            encoded = self.model.encode_images(batch.images.to(self.device, non_blocking=True))
             if kind == "text":
                 step_prompts = self._text_prompts(batch, rng)
             else:
                 step_prompts = self._visual_prompts(batch, encoded, kind, rng)
         denoising = None
         if config.dn_queries > 0:
+            # A CPU generator on every device: the noise (hence the run) does not depend on where it trains.
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             denoising = build_denoising_queries(
                 step_prompts.targets, config.num_queries, len(step_prompts.column_concepts),
                 max_queries=config.dn_queries, label_noise=config.dn_label_noise, box_noise=config.dn_box_noise,
                 generator=generator,
             )
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.amp):
             output = self.model(encoded, step_prompts.prompts, denoising)
         if config.amp:  # the losses (focal, GIoU, matching costs) need float32's range and precision
             output = output.float()
@@ -408,13 +417,17 @@ def text_table(model: TRex2, concept_ids: list[int], cache: EmbeddingCache | Non
 
 def train_trex2(config: TRex2TrainConfig, out_dir: str | Path, *, cache_dir: str | Path | None = None,
                 workers: int = 2, text_cache: EmbeddingCache | None = None, log_every: int = 10,
-                max_steps_this_run: int | None = None, init: str | Path | None = None) -> LoopResult:
+                max_steps_this_run: int | None = None, init: str | Path | None = None,
+                device: str | torch.device = "cpu") -> LoopResult:
     """Train (or resume) a T-Rex2 detector; the final model is saved to ``out_dir/model``.
 
     ``init``: a trained T-Rex2 model folder to start from (see :func:`build_model`); recorded with the
-    recipe, so a run is never resumed from another start.
+    recipe, so a run is never resumed from another start. ``device``: where the model trains (``"cuda"``
+    on a GPU); not part of the recipe, so a run checkpointed on one device resumes on another, and the
+    saved model is a CPU folder either way.
     """
     out = Path(out_dir)
+    device = resolve_device(device)
     model = build_model(config, init)
     # Only set when used: runs without it keep the run info (and settings keys) they always had.
     recipe = {**asdict(config), **({"init": str(init)} if init else {})}
@@ -424,7 +437,8 @@ def train_trex2(config: TRex2TrainConfig, out_dir: str | Path, *, cache_dir: str
                            augment=config.augment)
     ids = batches.concept_ids()
     table = text_table(model, ids, text_cache)
-    step_losses = TRex2Step(model, config, table, ids)
+    model.to(device)
+    step_losses = TRex2Step(model, config, table, ids, device)
 
     optimizer = torch.optim.AdamW(
         [{"params": model.head_parameters(), "lr": config.lr},
@@ -459,6 +473,7 @@ def train_trex2(config: TRex2TrainConfig, out_dir: str | Path, *, cache_dir: str
             "backbone": config.clip,
             "final_loss": result.metrics.get("loss"),
         }
+        model.to("cpu")
         model.card = model.card.with_updates(name=f"trex2-{model.card.clip.name}")
         _log.info("saved T-Rex2 detector to %s", save_final_model(model, out, training, began=began))
     return result

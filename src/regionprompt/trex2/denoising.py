@@ -84,12 +84,14 @@ def build_denoising_queries(
         slots = torch.cat([pos_slots, neg_slots])
         objects = torch.cat([obj, obj])
         lab = target.labels[objects].clone()
-        flip = torch.rand(lab.shape, generator=generator, device=device) < label_noise * 0.5
-        lab[flip] = torch.randint(0, num_columns, (int(flip.sum()),), generator=generator, device=device)
+        # Noise is drawn where the generator lives (a CPU generator gives the same noise on every device).
+        noise_at = generator.device if generator is not None else device
+        flip = torch.rand(lab.shape, generator=generator, device=noise_at).to(device) < label_noise * 0.5
+        lab[flip] = torch.randint(0, num_columns, (int(flip.sum()),), generator=generator, device=noise_at).to(device)
         xyxy = box_convert(target.boxes[objects], "cxcywh", "xyxy")
         half = target.boxes[objects][:, 2:].repeat(1, 2) / 2
-        sign = torch.randint(0, 2, xyxy.shape, generator=generator, device=device).float() * 2 - 1
-        part = torch.rand(xyxy.shape, generator=generator, device=device)
+        sign = torch.randint(0, 2, xyxy.shape, generator=generator, device=noise_at).to(device).float() * 2 - 1
+        part = torch.rand(xyxy.shape, generator=generator, device=noise_at).to(device)
         part[len(pos_slots):] += 1.0  # negatives: at least one half-size away
         noised = (xyxy + sign * part * half * box_noise).clamp(0.0, 1.0)
         labels[b, slots] = lab

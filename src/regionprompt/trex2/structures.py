@@ -60,6 +60,10 @@ class VisualPromptBatch:
     def __len__(self) -> int:
         return int(self.coords.shape[0])
 
+    def to(self, device: torch.device | str) -> VisualPromptBatch:
+        """The same prompts on ``device``."""
+        return VisualPromptBatch(self.coords.to(device), self.mask.to(device), self.image_index.to(device))
+
 
 @dataclass(frozen=True)
 class DetectionTarget:
@@ -72,6 +76,10 @@ class DetectionTarget:
 
     boxes: torch.Tensor
     labels: torch.Tensor
+
+    def to(self, device: torch.device | str) -> DetectionTarget:
+        """The same target on ``device``."""
+        return DetectionTarget(self.boxes.to(device), self.labels.to(device))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
