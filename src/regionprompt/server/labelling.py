@@ -138,6 +138,7 @@ class LabelStore:
         self.max_name_length = max_name_length
         self._lock = threading.Lock()
         self._files: list[str] = []
+        self._known: frozenset[str] = frozenset()  # the listing, for lookups
         self._sizes: dict[str, tuple[int, int]] = {}
         self._categories: list[str] = []
         self._images: dict[str, dict[str, Any]] = {}
@@ -153,7 +154,7 @@ class LabelStore:
             # --labels inside the folder: its exports (YOLO links the images) are not images to label.
             files = [f for f in files if not (self.folder / f).resolve().is_relative_to(self.export_root.resolve())]
         with self._lock:
-            self._files = files
+            self._files, self._known = files, frozenset(files)
         return files
 
     @property
@@ -172,9 +173,9 @@ class LabelStore:
         Raises:
             UnknownImageError: ``name`` is not one of the folder's images.
         """
-        if not isinstance(name, str) or name not in self._files:
+        if not isinstance(name, str) or name not in self._known:
             raise UnknownImageError(f"{str(name)[:200]!r} is not an image of the served folder")
-        return self.folder / self._files[self._files.index(name)]
+        return self.folder / name  # a name of the server's own listing: a relative path inside the folder
 
     def size_of(self, name: str) -> tuple[int, int]:
         """``(width, height)`` as displayed (EXIF orientation applied), read from the header once."""
@@ -298,7 +299,7 @@ class LabelStore:
         """The done images (sorted by file, ids 1..N) and their boxes as a dataset: categories are the
         names in use, in first-use order, ids 1..K; boxes COCO xywh pixels."""
         with self._lock:
-            entries = {f: self._images[f] for f in sorted(self._images) if f in self._files}
+            entries = {f: self._images[f] for f in sorted(self._images) if f in self._known}
             used = {b.name for e in entries.values() for b in e["boxes"]}
             names = [c for c in self._categories if c in used]
         ids = {name: i + 1 for i, name in enumerate(names)}
