@@ -291,3 +291,20 @@ def test_concept_short_repr_save_and_load(detector, scenes, tmp_path):
     path = concept.save(tmp_path / "dog.safetensors")
     back = PromptConcept.load(path)
     assert back.name == "dog" and torch.equal(back.embedding, concept.embedding) and back.model_hash == concept.model_hash
+
+
+def test_device_argument_moves_models_or_says_why_not(detector, folder, scenes):
+    [plain] = detector.predict(scenes[0].image, text="dog, cat", threshold=0.0)
+    [on_cpu] = detector.predict(scenes[0].image, text="dog, cat", threshold=0.0, device="cpu")
+    assert detector.device == torch.device("cpu") and detector.to("cpu") is detector
+    assert torch.equal(plain.boxes, on_cpu.boxes) and torch.equal(plain.scores, on_cpu.scores)
+    with pytest.raises(RegionPromptError, match="unknown device 'gpu0'"):
+        detector.predict(scenes[0].image, text="dog", device="gpu0")
+    with pytest.raises(RegionPromptError, match="unsupported device 'mps'"):
+        Detector.load(folder, device="mps", cache=None)
+    if not torch.cuda.is_available():
+        with pytest.raises(RegionPromptError, match="torch sees no CUDA GPU"):
+            detector.predict(scenes[0].image, text="dog", device="cuda")
+        with pytest.raises(RegionPromptError, match="torch sees no CUDA GPU"):
+            Detector.load(folder, device="cuda:0", cache=None)
+    assert detector.device == torch.device("cpu")  # a refused device leaves the models where they were

@@ -99,3 +99,17 @@ def test_save_and_crops(two_cats, tmp_path):
     assert score == float(dets.scores[best]) and abs(crop.width - (x2 - x1)) <= 2 and abs(crop.height - (y2 - y1)) <= 2
     with pytest.raises(RegionPromptError, match="needs the image"):
         Detections.empty(["cat"], (10, 10)).crops()
+
+
+def test_show_opens_the_drawing_in_the_image_viewer(two_cats, monkeypatch):
+    image, dets = two_cats
+    shown = []
+    monkeypatch.setattr(Image.Image, "show", lambda self, title=None: shown.append((self.copy(), title)))
+    returned = dets.show(image.image)
+    [(drawn, title)] = shown
+    assert title == dets.image_name and drawn.size == image.wh
+    assert np.array_equal(np.asarray(drawn), np.asarray(returned))
+    assert np.array_equal(np.asarray(drawn), np.asarray(dets.plot(image.image)))  # the boxes drawn, not the bare photo
+    assert (np.asarray(drawn) != np.asarray(image.image.convert("RGB"))).any(axis=2).sum() > 1000
+    with pytest.raises(RegionPromptError, match="needs the image"):
+        Detections.empty(["cat"], (10, 10)).show()

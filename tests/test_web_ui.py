@@ -300,3 +300,100 @@ def test_default_model_finds_the_other_instances(browser, tmp_path: Path) -> Non
         _screenshot(page, "web-ui-default-model.png")
         page.close()
     assert any(_iou(box, other.box_xyxy) > 0.5 for other in others for _, _, box in rows), (rows, others)
+
+
+def test_exemplars_kept_for_other_images_show_their_crop(server, browser, scenes) -> None:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    url, _ = server
+    (path, target), _ = scenes
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.set_input_files("#image-input", str(path))
+    sync_api.expect(page.locator("#canvas")).to_be_visible()
+    _drag_box(page, target)
+    page.click("#keep-exemplars")
+    thumb = page.locator("#exemplar-thumbs img")
+    sync_api.expect(thumb).to_have_count(1)
+    assert "exemplar from scene_5.png: box" in thumb.get_attribute("alt")
+    # The thumbnail is the boxed object itself: the crop of the scene, scaled to at most 96 px high.
+    shown = Image.open(io.BytesIO(base64.b64decode(thumb.get_attribute("src").split(",", 1)[1]))).convert("RGB")
+    drawn = [float(v) for v in thumb.get_attribute("alt").split("[")[1].split("]")[0].split(",")]
+    crop = Image.open(path).convert("RGB").crop(tuple(round(v) for v in drawn)).resize(shown.size, Image.BILINEAR)
+    assert shown.height <= 96 and abs(shown.width / shown.height - crop.width / crop.height) < 0.1
+    assert np.abs(np.asarray(shown, dtype=np.int16) - np.asarray(crop, dtype=np.int16)).mean() < 12
+    page.click("#clear-exemplars")
+    sync_api.expect(thumb).to_have_count(0)
+    page.close()
+
+
+def test_label_a_served_folder(browser, scenes, tmp_path: Path) -> None:
+    from regionprompt.server.labelling import LabelStore
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path, _ in scenes:
+        shutil.copy(path, folder / path.name)
+    (first, target), (second, _) = [(folder / p.name, box) for p, box in scenes]
+    names = sorted([first.name, second.name])  # scene_2.png, scene_5.png
+    library = ConceptLibrary(tmp_path / "concepts.db")
+    app = create_app(HistogramDetector(), library, ServerSettings(), LabelStore(folder))
+    with serving(app) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        # The folder opens on its first image not labelled yet.
+        sync_api.expect(page.locator("#folder-progress")).to_contain_text("0 of 2 images labelled")
+        sync_api.expect(page.locator("#status")).to_contain_text(names[0])
+        page.click("#next-image")
+        sync_api.expect(page.locator("#status")).to_contain_text(first.name)
+
+        # Draw a box on one emoji, detect on the folder image, accept the boxed object.
+        _drag_box(page, target)
+        page.click("#run")
+        # A loaded 2-core machine may take longer than expect's default 5 s for one detection.
+        sync_api.expect(page.locator("#status")).to_contain_text("done in", timeout=60_000)
+        rows = page.locator("#results tbody tr")
+        best = next(i for i, (name, _, box) in enumerate(_rows(page)) if _iou(box, target) > 0.5)
+        rows.nth(best).locator("button.accept").click()
+        labels = page.locator("#label-list li.label")
+        sync_api.expect(labels).to_have_count(1)
+        sync_api.expect(page.locator("#folder-progress")).to_contain_text("1 of 2 images labelled")
+        # Relabel it, and check it is kept on the server.
+        labels.first.locator("input").fill("emoji")
+        labels.first.locator("input").press("Enter")
+        sync_api.expect(page.locator("#status")).to_contain_text('relabelled box 1 as "emoji"')
+        [stored] = LabelStore(folder).labels(first.name)["boxes"]
+        assert stored["name"] == "emoji" and _iou(stored["box"], target) > 0.5
+        accepted_pixels = page.evaluate(
+            """() => { const c = document.getElementById('canvas');
+                       const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+                       for (let i = 0; i < d.length; i += 4) if (d[i] === 0 && d[i + 1] === 166 && d[i + 2] === 81) n++;
+                       return n; }""")
+        assert accepted_pixels > 100  # the accepted box, drawn in its own style
+        _screenshot(page, "web-ui-labelling.png")
+
+        # Reloading the page comes back to the same image with its labels.
+        page.reload()
+        sync_api.expect(page.locator("#status")).to_contain_text(first.name)
+        sync_api.expect(labels).to_have_count(1)
+        assert labels.first.locator("input").input_value() == "emoji"
+        # The other image: nothing on it, marked done; then export both formats.
+        page.click("#prev-image")
+        sync_api.expect(page.locator("#status")).to_contain_text(names[0])
+        page.click("#mark-done")
+        sync_api.expect(page.locator("#folder-progress")).to_contain_text("2 of 2 images labelled")
+        page.click("#export-coco")
+        sync_api.expect(page.locator("#export-info")).to_contain_text("COCO: 2 images, 1 boxes, 1 categories")
+        assert page.locator("#export-info a").get_attribute("href") == "/label/export/coco"
+        page.click("#export-yolo")
+        sync_api.expect(page.locator("#export-info")).to_contain_text("YOLO: 2 images, 1 boxes")
+        coco = json.loads((folder / ".regionprompt-labels/export/coco/annotations.json").read_text())
+        assert [c["name"] for c in coco["categories"]] == ["emoji"] and len(coco["annotations"]) == 1
+        assert errors == []
+        page.close()

@@ -64,6 +64,7 @@ from regionprompt.detect.regionclip.zeroshot import (
 )
 from regionprompt.detect.region_namer import RegionNamer
 from regionprompt.detect.trex2_engine import TRex2DetectConfig, TRex2Engine
+from regionprompt.devices import resolve_device
 from regionprompt.errors import CheckpointError, PromptError, RegionPromptError
 from regionprompt.model_dir import read_weights
 from regionprompt.prompts import (
@@ -340,13 +341,15 @@ class Detector:
 
         Args:
             source: ``"default"`` or a detector folder.
-            device: where the models run.
+            device: where the models run (``"cpu"``, ``"cuda"``, ``"cuda:N"``).
             cache: text-embedding cache: ``"default"`` (``~/.cache/regionprompt``), a file path, an
                 :class:`EmbeddingCache`, or ``None`` (no cache).
             concept_library: see the class docstring.
         Raises:
             CheckpointError: the folder, its ``detector.json`` or a model inside is missing or invalid.
+            RegionPromptError: an unknown device, or a GPU that torch does not see.
         """
+        device = resolve_device(device)  # an unusable device is refused before any weights are read
         if str(source) == "default":
             folder = default_model_dir()
             if not (folder / DETECTOR_FILE).is_file():
@@ -409,6 +412,36 @@ class Detector:
         atomic_write_text(directory / DETECTOR_FILE, dump_json(header, indent=2))
         self.source = str(directory)
         return directory
+
+    # ---- devices ---------------------------------------------------------------------------------
+
+    def _modules(self) -> list[torch.nn.Module]:
+        """Every model the engine runs: the detector's own, a T-Rex2 region namer, a RegionCLIP RPN."""
+        modules = [self.engine.model]
+        if isinstance(self.engine, TRex2Engine):
+            if self.engine.namer is not None:
+                modules.append(self.engine.namer.model)
+        elif isinstance(self.engine.proposal_source, torch.nn.Module):
+            modules.append(self.engine.proposal_source)
+        return modules
+
+    @property
+    def device(self) -> torch.device:
+        """Where the models are (``Detector.load(device=)``, :meth:`to`, ``predict(device=)``)."""
+        return next(self.engine.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> Detector:
+        """Move every model to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``) in place; returns ``self``.
+
+        Raises:
+            RegionPromptError: an unknown device, or a GPU that torch does not see on this machine.
+        """
+        target = resolve_device(device)
+        for module in self._modules():
+            module.to(target)
+        if isinstance(self.engine, ZeroShotDetector) and self.engine.background_embedding is not None:
+            self.engine.background_embedding = self.engine.background_embedding.to(target)
+        return self
 
     # ---- properties ------------------------------------------------------------------------------
 
@@ -496,7 +529,8 @@ class Detector:
                 proposals: Sequence[Any] | None = None, threshold: float | None = None,
                 visual_label: str = DEFAULT_VISUAL_LABEL, one_label_per_box: bool = False,
                 conf: float | None = None, iou: float | None = None, max_det: int | None = None,
-                candidate_labels: str | Sequence[str] | None = None) -> list[Detections]:
+                candidate_labels: str | Sequence[str] | None = None,
+                device: str | torch.device | None = None) -> list[Detections]:
         """Detect what the prompts describe.
 
         Args:
@@ -521,15 +555,19 @@ class Detector:
             conf, iou, max_det: the names ultralytics uses: ``conf`` is ``threshold``; ``iou`` and
                 ``max_det`` set this call's ``nms_iou`` and ``max_detections`` (:meth:`reconfigure`).
             candidate_labels: the name Hugging Face's zero-shot detection pipeline uses for ``text``.
+            device: move the models there first (ultralytics' habit; see :meth:`to`); ``None``: where they are.
         Returns:
             One :class:`Detections` per image, in order.
         Raises:
+            RegionPromptError: ``device`` unknown or not on this machine.
             PromptError: no prompt, an empty phrase, a box outside its image, an unknown concept or one
                 made by another model, an argument of the wrong type, more than
                 :data:`~regionprompt.prompts.MAX_PROMPTS` phrases + boxes + points + negatives (saved
                 concepts are not counted: they are embedded already) or a phrase longer than
                 :data:`~regionprompt.prompts.MAX_TEXT_LENGTH` characters.
         """
+        if device is not None and resolve_device(device) != self.device:
+            self.to(device)
         threshold = _alias(threshold, conf, "threshold", "conf")
         text = _alias(text, candidate_labels, "text", "candidate_labels")
         changes = {key: value for key, value in (("nms_iou", iou), ("max_detections", max_det)) if value is not None}

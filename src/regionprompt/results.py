@@ -252,6 +252,13 @@ class Detections:
         path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write(path, lambda tmp: drawn.convert("RGB").save(tmp, format=kind))
 
+    def show(self, image: Image.Image | None = None, **kwargs: Any) -> Image.Image:
+        """Open :meth:`plot`'s drawing in the system's image viewer (PIL's ``Image.show``; titled with
+        ``image_name``) and return it. ``image`` as for :meth:`plot`."""
+        drawn = self.plot(image, **kwargs)
+        drawn.show(title=self.image_name or None)
+        return drawn
+
     def crops(self, image: Image.Image | None = None) -> list[tuple[str, float, Image.Image]]:
         """``(name, score, crop)`` per detection, best first: the image cut to each box (rounded outward to
         whole pixels, at least 1 x 1). ``image`` as for :meth:`plot`."""

@@ -19,12 +19,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the REST API and web UI",
         description="Serve detection over HTTP: the web UI at /, the API (POST /detect, /concepts, /models, /health) "
         "with OpenAPI docs at /docs. Binds to 127.0.0.1 unless --host says otherwise.",
-        epilog="example: regionprompt serve --port 8000 --model runs/detector  (then open http://127.0.0.1:8000/)",
+        epilog="example: regionprompt serve --port 8000 --model runs/detector --images photos/  "
+               "(then open http://127.0.0.1:8000/)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--model", default="default", help="detector folder, or 'default' (the shipped model)")
     parser.add_argument("--library", type=Path, help="concept library file (default $REGIONPROMPT_HOME/concepts.db)")
+    parser.add_argument("--images", type=Path, metavar="DIR",
+                        help="a folder of images to label in the web UI (browse, detect, accept / relabel / delete "
+                             "boxes, export COCO or YOLO); only its images are ever served")
+    parser.add_argument("--labels", type=Path, metavar="FILE",
+                        help="where accepted labels are kept (default DIR/.regionprompt-labels/labels.json; "
+                             "exports go beside it, in export/)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help=f"inference threads (default {defaults.workers})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the whole server (default: torch's own, one per core); with --workers 2 "
@@ -71,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
         max_waiting=args.max_waiting,
         model_name=str(args.model),
     )
+    if args.labels is not None and args.images is None:
+        raise RegionPromptError("--labels needs --images DIR (the folder the labels belong to)")
+    labels = None
+    if args.images is not None:
+        from regionprompt.server.labelling import LabelStore
+
+        labels = LabelStore(args.images, args.labels, max_name_length=settings.max_text_length)
     library = ConceptLibrary(args.library)
     detector = Detector.load(args.model, concept_library=library)
     log = get_logger("server")
@@ -82,5 +96,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("binding %s: anyone who can reach this machine can use this server (no authentication)", args.host)
     log.info("model %s (%s), concepts in %s", args.model, detector.model_hash[:12], library.path)
     print(f"RegionPrompt UI: http://{args.host}:{args.port}/   API docs: http://{args.host}:{args.port}/docs", flush=True)
-    uvicorn.run(create_app(detector, library, settings), host=args.host, port=args.port, log_level="info")
+    if labels is not None:
+        log.info("labelling %d images of %s; labels in %s", len(labels.files), labels.folder, labels.labels_file)
+    uvicorn.run(create_app(detector, library, settings, labels), host=args.host, port=args.port, log_level="info")
     return 0

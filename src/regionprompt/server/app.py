@@ -12,9 +12,12 @@ Endpoints (OpenAPI docs at ``/docs``)::
     GET    /concepts/{name}       one entry
     GET    /concepts/{name}/file  the concept file (.safetensors)
     DELETE /concepts/{name}
+    /label/...                    labelling a served image folder (regionprompt serve --images DIR):
+                                  list, image, detect, accept / relabel / delete boxes, export COCO / YOLO
+                                  (regionprompt.server.label_routes)
 
 Every error is JSON ``{"detail": "message"}`` with a 4xx status for bad input (400 bad prompt or
-image, 404 unknown concept, 409 name taken, 413 too large, 422 missing field), 503 when the
+image, 404 unknown concept or folder image, 409 name taken, 413 too large, 422 missing field), 503 when the
 inference queue is full, 504 on timeout; an unexpected failure is a 500 whose body names no
 internals (the traceback goes to the server log only).
 """
@@ -48,6 +51,8 @@ from regionprompt.errors import PromptError, RegionPromptError
 from regionprompt.logging_utils import get_logger
 from regionprompt.server import jobs
 from regionprompt.server.jobs import DetectorLike, ImageTooLargeError
+from regionprompt.server.label_routes import add_label_routes
+from regionprompt.server.labelling import LabelStore, NoFolderError, UnknownImageError
 from regionprompt.server.queue import (
     InferenceQueue,
     QueueFullError,
@@ -115,7 +120,7 @@ def _status(exc: RegionPromptError) -> int:
         return 504
     if isinstance(exc, ImageTooLargeError):
         return 413
-    if isinstance(exc, ConceptNotFoundError):
+    if isinstance(exc, (ConceptNotFoundError, UnknownImageError, NoFolderError)):
         return 404
     if isinstance(exc, ConceptExistsError):
         return 409
@@ -140,8 +145,10 @@ async def _read(upload: UploadFile, settings: ServerSettings, what: str) -> tupl
     return display_name(upload.filename, default=what), data
 
 
-def create_app(detector: DetectorLike, library: ConceptLibrary, settings: ServerSettings | None = None) -> FastAPI:
-    """A FastAPI app serving ``detector`` and ``library`` under ``settings`` (see the module doc)."""
+def create_app(detector: DetectorLike, library: ConceptLibrary, settings: ServerSettings | None = None,
+               labels: LabelStore | None = None) -> FastAPI:
+    """A FastAPI app serving ``detector`` and ``library`` under ``settings`` (see the module doc);
+    ``labels``: the image folder to label in the web UI (``/label`` endpoints), or ``None``."""
     settings = settings or ServerSettings()
     queue = InferenceQueue(settings.workers, settings.max_waiting)
 
@@ -287,5 +294,6 @@ def create_app(detector: DetectorLike, library: ConceptLibrary, settings: Server
         library.remove(name)
         return {"deleted": check_name(name)}
 
+    add_label_routes(app, labels, detector=detector, library=library, settings=settings, run=run, read=_read)
     return app
 

@@ -6,17 +6,21 @@
 // The same colour cycle as regionprompt.draw (colour-blind friendly), by label index.
 const PALETTE = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#785ef0", "#000000", "#aa4499"];
 const MIN_BOX = 2; // image pixels: smaller drags count as clicks
+const ACCEPTED = "#00a651"; // accepted labels (folder labelling)
 
 const state = {
   file: null,          // the File being searched
   image: null,         // its decoded HTMLImageElement
   prompts: [],         // drawn on this image: {kind: "box"|"point", coords: [...], negative: bool}
-  exemplars: [],       // kept from other images: {file, name, label, prompts: [...]}
+  exemplars: [],       // kept from other images: {file, name, label, prompts: [...], thumbs: [{url, what}]}
   concepts: [],        // from GET /concepts
   selected: new Set(), // concept names to use
   result: null,        // last /detect response
   drag: null,          // {x0, y0, x1, y1} while drawing a box
   busy: false,
+  folder: null,        // GET /label/images when the server serves a folder: {folder, images, categories}
+  current: null,       // the folder image shown (its name in the folder), null for a file opened here
+  labels: null,        // GET /label/labels of the current folder image: {file, width, height, done, boxes}
 };
 
 const $ = (id) => document.getElementById(id);
@@ -142,6 +146,35 @@ function renderPrompts() {
   row.hidden = state.exemplars.length === 0;
   const count = state.exemplars.reduce((n, e) => n + e.prompts.length, 0);
   $("exemplar-info").textContent = `${count} exemplar prompt(s) from ${state.exemplars.map((e) => e.name).join(", ")}`;
+  const thumbs = $("exemplar-thumbs");
+  thumbs.replaceChildren();
+  for (const e of state.exemplars) {
+    for (const t of e.thumbs) {
+      const img = document.createElement("img");
+      img.src = t.url;
+      img.alt = img.title = `exemplar from ${e.name}: ${t.what}`;
+      thumbs.append(img);
+    }
+  }
+}
+
+// The exemplar's crop (a box, or a square around a point: the server's point_box_fraction), at most 96 px
+// high, as a data URL: what "use on other images" keeps is then visible while searching other images.
+function thumbnail(image, p) {
+  const w = image.naturalWidth, h = image.naturalHeight;
+  let [x1, y1, x2, y2] = p.coords;
+  if (p.kind === "point") {
+    const half = Math.max(4, 0.075 * Math.min(w, h));
+    [x1, y1, x2, y2] = [p.coords[0] - half, p.coords[1] - half, p.coords[0] + half, p.coords[1] + half];
+  }
+  x1 = Math.max(0, Math.floor(x1)); y1 = Math.max(0, Math.floor(y1));
+  x2 = Math.min(w, Math.max(x1 + 1, Math.ceil(x2))); y2 = Math.min(h, Math.max(y1 + 1, Math.ceil(y2)));
+  const scale = Math.min(1, 96 / (y2 - y1));
+  const c = document.createElement("canvas");
+  c.width = Math.max(1, Math.round((x2 - x1) * scale));
+  c.height = Math.max(1, Math.round((y2 - y1) * scale));
+  c.getContext("2d").drawImage(image, x1, y1, x2 - x1, y2 - y1, 0, 0, c.width, c.height);
+  return c.toDataURL("image/png");
 }
 
 // ---- canvas -----------------------------------------------------------------------------------
@@ -175,6 +208,25 @@ function draw() {
     const width = ctx.measureText(caption).width + 6;
     const top = y1 - font - 4 >= 0 ? y1 - font - 4 : y1;
     ctx.fillStyle = colour;
+    ctx.fillRect(x1, top, width, font + 4);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(caption, x1 + 3, top + 2);
+  }
+
+  // Accepted labels: dashed green over a light wash, captioned with a tick (detections are solid).
+  for (const b of state.labels ? state.labels.boxes : []) {
+    const [x1, y1, x2, y2] = b.box;
+    ctx.fillStyle = "rgba(0, 166, 81, 0.15)";
+    ctx.fillRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.lineWidth = line * 1.5;
+    ctx.strokeStyle = ACCEPTED;
+    ctx.setLineDash([line * 4, line * 2]);
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.setLineDash([]);
+    const caption = `\u2713 ${b.name}`;
+    const width = ctx.measureText(caption).width + 6;
+    const top = y2 + font + 4 <= canvas.height ? y2 : y2 - font - 4;
+    ctx.fillStyle = ACCEPTED;
     ctx.fillRect(x1, top, width, font + 4);
     ctx.fillStyle = "#fff";
     ctx.fillText(caption, x1 + 3, top + 2);
@@ -244,14 +296,16 @@ async function runDetection() {
   // Ask for everything above 0: the threshold slider then filters without another request.
   prompts.threshold = 0;
   const form = new FormData();
-  form.append("image", state.file, state.file.name);
+  // A folder image is already on the server: name it instead of uploading it again.
+  if (!state.current) form.append("image", state.file, state.file.name);
   form.append("prompts", JSON.stringify(prompts));
   images.forEach((file) => form.append("prompt_images", file, file.name));
+  const url = state.current ? `/label/detect?file=${encodeURIComponent(state.current)}` : "/detect";
   state.busy = true;
   $("run").disabled = true;
   setStatus("detecting\u2026");
   try {
-    const response = await fetch("/detect", { method: "POST", body: form });
+    const response = await fetch(url, { method: "POST", body: form });
     if (!response.ok) { setStatus(`detection failed: ${await errorText(response)}`, true); return; }
     state.result = await response.json();
     renderResults();
@@ -284,6 +338,17 @@ function renderResults() {
       if (c === 3) td.dataset.box = JSON.stringify(d.box);
       tr.append(td);
     });
+    if (state.current) {
+      const td = document.createElement("td");
+      const accept = document.createElement("button");
+      accept.type = "button";
+      accept.className = "small accept";
+      accept.textContent = "accept";
+      accept.title = `accept this box as "${d.name}"`;
+      accept.addEventListener("click", () => acceptDetections([d]));
+      td.append(accept);
+      tr.append(td);
+    }
     body.append(tr);
   });
   const total = state.result ? state.result.detections.length : 0;
@@ -394,12 +459,172 @@ async function deleteConcept(name) {
   setStatus(`deleted concept ${name}`);
 }
 
+// ---- labelling a served folder ------------------------------------------------------------------
+
+async function loadFolder() {
+  let response;
+  try {
+    response = await fetch("/label/images");
+  } catch {
+    return;
+  }
+  if (response.status === 404) return; // this server serves no folder: the page works on opened files only
+  if (!response.ok) { setStatus(`could not list the folder: ${await errorText(response)}`, true); return; }
+  state.folder = await response.json();
+  $("folder-panel").hidden = false;
+  $("label-section").hidden = false;
+  document.querySelectorAll(".label-col").forEach((el) => { el.hidden = false; });
+  renderFolder();
+  // Back where the page was (the address keeps the image), else the first image not labelled yet.
+  const wanted = decodeURIComponent(location.hash.replace(/^#file=/, ""));
+  const rows = state.folder.images;
+  const start = rows.some((r) => r.file === wanted) ? wanted : (rows.find((r) => !r.done) || rows[0] || {}).file;
+  if (start) await openFolderImage(start);
+  else setStatus(`the folder ${state.folder.folder} holds no images`, true);
+}
+
+async function refreshFolder() {
+  const response = await fetch("/label/images");
+  if (response.ok) { state.folder = await response.json(); renderFolder(); }
+}
+
+function renderFolder() {
+  const select = $("folder-images");
+  select.replaceChildren();
+  for (const row of state.folder.images) {
+    const option = document.createElement("option");
+    option.value = row.file;
+    option.textContent = `${row.done ? "\u2713" : "\u00a0\u00a0"} ${row.file}${row.boxes ? ` (${row.boxes})` : ""}`;
+    select.append(option);
+  }
+  select.value = state.current || "";
+  const done = state.folder.images.filter((r) => r.done).length;
+  $("folder-progress").textContent = `${state.folder.folder}: ${done} of ${state.folder.images.length} images labelled`;
+  $("label-names").replaceChildren(...state.folder.categories.map((name) => Object.assign(document.createElement("option"), { value: name })));
+}
+
+async function openFolderImage(file) {
+  const response = await fetch(`/label/image?file=${encodeURIComponent(file)}`);
+  if (!response.ok) { setStatus(`could not open ${file}: ${await errorText(response)}`, true); return; }
+  const blob = await response.blob();
+  state.current = file;
+  state.labels = null;
+  history.replaceState(null, "", `#file=${encodeURIComponent(file)}`);
+  $("folder-images").value = file;
+  openImage(new File([blob], file.split("/").pop(), { type: blob.type }));
+  await loadLabels();
+}
+
+function step(delta) {
+  if (!state.folder || !state.folder.images.length) return;
+  const files = state.folder.images.map((r) => r.file);
+  const next = Math.min(Math.max(files.indexOf(state.current) + delta, 0), files.length - 1);
+  if (files[next] !== state.current) openFolderImage(files[next]);
+}
+
+async function loadLabels() {
+  const response = await fetch(`/label/labels?file=${encodeURIComponent(state.current)}`);
+  if (!response.ok) { setStatus(`could not read the labels: ${await errorText(response)}`, true); return; }
+  state.labels = await response.json();
+  renderLabels();
+  draw();
+}
+
+// One change to the current image's labels; the answer is the image's labels as stored.
+async function changeLabels(method, path, body) {
+  if (!state.current) { setStatus("open an image of the folder first", true); return false; }
+  const sep = path.includes("?") ? "&" : "?";
+  const init = { method };
+  if (body !== undefined) { init.headers = { "Content-Type": "application/json" }; init.body = JSON.stringify(body); }
+  const response = await fetch(`${path}${sep}file=${encodeURIComponent(state.current)}`, init);
+  if (!response.ok) { setStatus(await errorText(response), true); return false; }
+  state.labels = await response.json();
+  renderLabels();
+  draw();
+  await refreshFolder();
+  return true;
+}
+
+async function acceptDetections(detections) {
+  if (!detections.length) { setStatus("no detection to accept (lower the threshold or press Detect)", true); return; }
+  const boxes = detections.map((d) => ({ box: d.box, name: d.name, score: d.score }));
+  if (!(await changeLabels("POST", "/label/labels/boxes", { boxes }))) return;
+  // Accepted detections leave the candidates, so they cannot be accepted twice.
+  state.result.detections = state.result.detections.filter((d) => !detections.includes(d));
+  renderResults();
+  draw();
+  setStatus(`accepted ${detections.length} box(es)`);
+}
+
+async function acceptDrawn() {
+  const drawn = state.prompts.filter((p) => p.kind === "box" && !p.negative);
+  if (!drawn.length) { setStatus("draw boxes on the image first", true); return; }
+  const name = visualLabel() || "object";
+  if (!(await changeLabels("POST", "/label/labels/boxes", { boxes: drawn.map((p) => ({ box: p.coords, name })) }))) return;
+  state.prompts = state.prompts.filter((p) => !drawn.includes(p));
+  renderPrompts();
+  draw();
+  setStatus(`accepted ${drawn.length} drawn box(es) as "${name}"`);
+}
+
+function renderLabels() {
+  const list = $("label-list");
+  list.replaceChildren();
+  const boxes = state.labels ? state.labels.boxes : [];
+  if (!boxes.length) {
+    const li = document.createElement("li");
+    li.className = "incompatible";
+    li.textContent = state.labels && state.labels.done ? "done: nothing labelled on this image" : "no labels yet";
+    list.append(li);
+  }
+  boxes.forEach((b, i) => {
+    const li = document.createElement("li");
+    li.className = "label";
+    const name = document.createElement("input");
+    name.type = "text";
+    name.value = b.name;
+    name.setAttribute("list", "label-names");
+    name.setAttribute("aria-label", `name of label ${i + 1}`);
+    name.addEventListener("change", async () => {
+      if (await changeLabels("PATCH", `/label/labels/boxes/${i}`, { name: name.value })) setStatus(`relabelled box ${i + 1} as "${name.value.trim()}"`);
+    });
+    const where = document.createElement("span");
+    where.className = "box";
+    where.textContent = `[${b.box.map(Math.round).join(", ")}]`;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "small";
+    remove.textContent = "\u00d7";
+    remove.title = "delete this label";
+    remove.addEventListener("click", async () => { if (await changeLabels("DELETE", `/label/labels/boxes/${i}`)) setStatus(`deleted label ${i + 1}`); });
+    li.append(name, where, remove);
+    list.append(li);
+  });
+}
+
+async function exportFolder(format) {
+  const response = await fetch("/label/export", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ format }),
+  });
+  if (!response.ok) { setStatus(`export failed: ${await errorText(response)}`, true); return; }
+  const result = await response.json();
+  const info = $("export-info");
+  info.replaceChildren(`${format.toUpperCase()}: ${result.images} images, ${result.annotations} boxes, ` +
+    `${result.categories.length} categories written to ${result.folder} `);
+  const link = document.createElement("a");
+  link.href = result.download;
+  link.textContent = "download zip";
+  info.append(link);
+  setStatus(`exported ${format.toUpperCase()}`);
+}
+
 // ---- wiring -----------------------------------------------------------------------------------
 
 function keepExemplars() {
   const visual = state.prompts;
   if (!state.file || visual.length === 0) { setStatus("draw boxes or points on this image first", true); return; }
-  state.exemplars.push({ file: state.file, name: state.file.name, label: visualLabel(), prompts: visual.slice() });
+  const thumbs = visual.filter((p) => !p.negative).map((p) => ({ url: thumbnail(state.image, p), what: describePrompt(p) }));
+  state.exemplars.push({ file: state.file, name: state.file.name, label: visualLabel(), prompts: visual.slice(), thumbs });
   state.prompts = [];
   renderPrompts();
   draw();
@@ -425,7 +650,26 @@ async function showModel() {
   }
 }
 
-$("image-input").addEventListener("change", (event) => openImage(event.target.files[0]));
+$("image-input").addEventListener("change", (event) => {
+  // A file from this computer is searched, not labelled: leave the folder image.
+  state.current = null;
+  state.labels = null;
+  if (state.folder) { $("folder-images").value = ""; renderLabels(); }
+  openImage(event.target.files[0]);
+});
+$("folder-images").addEventListener("change", (event) => openFolderImage(event.target.value));
+$("prev-image").addEventListener("click", () => step(-1));
+$("next-image").addEventListener("click", () => step(1));
+document.addEventListener("keydown", (event) => {
+  if (!state.folder || event.target.closest("input, select, textarea")) return;
+  if (event.key === "ArrowRight") step(1);
+  if (event.key === "ArrowLeft") step(-1);
+});
+$("accept-all").addEventListener("click", () => acceptDetections(visibleDetections()));
+$("accept-drawn").addEventListener("click", acceptDrawn);
+$("mark-done").addEventListener("click", async () => { if (await changeLabels("POST", "/label/labels/boxes", { boxes: [] })) setStatus("marked done"); });
+$("export-coco").addEventListener("click", () => exportFolder("coco"));
+$("export-yolo").addEventListener("click", () => exportFolder("yolo"));
 $("run").addEventListener("click", runDetection);
 $("text-input").addEventListener("keydown", (event) => { if (event.key === "Enter") runDetection(); });
 $("clear-prompts").addEventListener("click", () => { state.prompts = []; renderPrompts(); draw(); });
@@ -445,3 +689,4 @@ window.addEventListener("resize", draw);
 renderPrompts();
 showModel();
 loadConcepts();
+loadFolder();
