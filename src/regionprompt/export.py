@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import warnings
@@ -60,6 +61,7 @@ FORMATS = ("onnx",)
 DEFAULT_OPSET = 18  # the dynamo exporter's own opset (GridSample needs >= 16; RoiAlign half_pixel >= 16)
 MODEL_CARD_FILE = "model_card.json"  # the shipped model's card, copied along when the source has one
 PARITY_SCENES = 4  # EmojiWorld scenes both runtimes detect on at export time
+PARITY_TOLERANCE = 1e-3  # largest score difference a float32 export may show against torch
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,17 @@ def _copy_detector(source: Path, staging: Path) -> dict[str, Any]:
 
 def _export_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, *, inputs: list[str],
                   outputs: list[str], dynamic: tuple[Any, ...], opset: int) -> None:
-    # torch.onnx prints its progress and warns about every constant it folds: keep the CLI quiet.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), args, os.fspath(path), input_names=inputs, output_names=outputs,
-                          dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False)
+    # torch.onnx prints its progress, and onnxscript logs every constant it does not fold: keep the CLI quiet.
+    optimizer_log = logging.getLogger("onnxscript")
+    level = optimizer_log.level
+    optimizer_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), args, os.fspath(path), input_names=inputs, output_names=outputs,
+                              dynamic_shapes=dynamic, opset_version=opset, dynamo=True, external_data=False)
+    finally:
+        optimizer_log.setLevel(level)
 
 
 def _write_graphs(engine: TRex2Engine, folder: Path, opset: int) -> dict[str, str]:
@@ -221,7 +229,8 @@ def export_detector(model: str | os.PathLike, out: str | os.PathLike, *, fmt: st
 
     Raises:
         RegionPromptError: an unknown format, ``out`` exists and is not empty, not a T-Rex2 detector,
-            onnx / onnxruntime missing. CheckpointError: the model folder is missing or invalid.
+            onnx / onnxruntime missing, a float32 export whose scores differ from torch's by more than
+            :data:`PARITY_TOLERANCE` on the check scenes. CheckpointError: the model folder is missing or invalid.
     """
     if fmt not in FORMATS:
         raise RegionPromptError(f"unknown export format {fmt!r} (supported: {', '.join(FORMATS)})")
@@ -261,6 +270,10 @@ def export_detector(model: str | os.PathLike, out: str | os.PathLike, *, fmt: st
         atomic_write_text(graphs_dir / EXPORT_FILE, dump_json(export.to_dict(), indent=2))
         exported = Detector.load(staging, runtime="onnx", cache=None)
         parity = measure_parity(reference, exported, scenes=parity_scenes) if parity_scenes else {}
+        if parity and not int8 and (parity["max_score_diff"] > PARITY_TOLERANCE or not parity["same_detections"]):
+            raise RegionPromptError(f"the exported graphs disagree with torch (max score difference "
+                                    f"{parity['max_score_diff']:.2g}, same detections: {parity['same_detections']}); "
+                                    "nothing was written")
         export = OnnxExport.from_dict({**export.to_dict(), "parity": parity})
         atomic_write_text(graphs_dir / EXPORT_FILE, dump_json(export.to_dict(), indent=2))
         if out.exists():
