@@ -159,14 +159,20 @@ def _write_graphs(engine: TRex2Engine, folder: Path, opset: int) -> dict[str, st
 def _quantize(folder: Path, files: dict[str, str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for name in files.values():
-        path = folder / name
-        staged = path.with_suffix(".fp32.onnx")
-        path.rename(staged)
-        with contextlib.redirect_stdout(io.StringIO()):
-            quantize_dynamic(os.fspath(staged), os.fspath(path), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
-        staged.unlink()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser advises shape pre-processing on the root logger, per graph
+    try:
+        for name in files.values():
+            path = folder / name
+            staged = path.with_suffix(".fp32.onnx")
+            path.rename(staged)
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_dynamic(os.fspath(staged), os.fspath(path), weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=["MatMul", "Gemm"])
+            staged.unlink()
+    finally:
+        root.setLevel(level)
 
 
 def measure_parity(reference: Detector, exported: Detector, *, scenes: int = PARITY_SCENES, seed: int = 7

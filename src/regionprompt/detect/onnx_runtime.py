@@ -163,6 +163,8 @@ class OnnxTRex2:
         self.decoder_graph = decoder
 
     def __getattr__(self, name: str) -> Any:
+        if name == "torch_model":  # not set yet (copy, unpickling): no delegation to recurse through
+            raise AttributeError(name)
         return getattr(self.torch_model, name)
 
     def eval(self) -> OnnxTRex2:
