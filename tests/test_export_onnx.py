@@ -179,7 +179,7 @@ def test_graphs_from_other_weights_are_refused(exported, tmp_path):
 @pytest.mark.slow
 def test_default_model_export_finds_prompts_given_after_export(tmp_path):
     """The shipped model, exported; text and a concept that did not exist at export time find real objects."""
-    result = export_detector("default", tmp_path / "default-onnx", parity_scenes=1)
+    result = export_detector("default", tmp_path / "default-onnx", parity_scenes=0)  # compared below instead
     reference, onnx = (Detector.load(result.folder, runtime="torch", cache=None),
                        Detector.load(result.folder, cache=None))
     renderer = SceneRenderer.default(SceneConfig(size=320, min_objects=3, max_objects=5))
