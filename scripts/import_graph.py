@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("vl",),  # the vision-language core: CLIP towers, text encoders, prompt embeddings
     ("trex2", "regionclip"),  # the two models' parts
     ("detect",),  # the detection engines built on them
-    ("api", "autolabel"),  # the product facade
+    ("api", "autolabel", "export"),  # the product facade (export: detector folders -> ONNX)
     ("interop",),  # readers of other projects' files (OpenAI/open_clip, RegionCLIP, detectron2)
     ("eval",),  # measurement of models and detectors
     ("train",),  # training (may evaluate to select)

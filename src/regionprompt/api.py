@@ -24,6 +24,10 @@ or, for a T-Rex2 detector (``regionprompt train detector --arch trex2``)::
                     categories; detector.json then holds "namer": "namer" and "namer_config": {...ZeroShotConfig...}
                     (see :mod:`regionprompt.detect.region_namer`)
 
+An ONNX export of a T-Rex2 detector (``regionprompt export MODEL --format onnx --out DIR``) is such a folder
+whose detector.json also holds ``"onnx": "onnx"``, the sub-folder with the graphs; it loads with onnxruntime
+(:mod:`regionprompt.detect.onnx_runtime`), or in torch with ``runtime="torch"``.
+
 A bare T-Rex2 model folder (``OUT/model`` of ``regionprompt train detector --arch trex2``) loads too, with
 the default :class:`TRex2DetectConfig`. ``Detector.load("default")`` reads the folder shipped inside the
 package (``regionprompt/models/default``).
@@ -95,6 +99,8 @@ FORMAT_VERSION = 1
 BACKGROUND_FILE = "background.safetensors"  # learned background embedding of a RegionCLIP detector folder
 BACKGROUND_KEY = "background"  # its tensor's name in that file
 DEFAULT_VISUAL_LABEL = "object"
+ONNX_KEY = "onnx"  # detector.json of an ONNX export: the sub-folder holding the graphs and export.json
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 DEFAULT_MODEL_ENV = "REGIONPROMPT_DEFAULT_MODEL"
@@ -321,6 +327,11 @@ class Detector:
         """``"regionclip-zeroshot"`` or ``"trex2"``."""
         return TREX2_KIND if isinstance(self.engine, TRex2Engine) else DETECTOR_KIND
 
+    @property
+    def runtime(self) -> str:
+        """``"torch"``, or ``"onnxruntime"`` for an ONNX export loaded with onnxruntime."""
+        return self.engine.runtime if isinstance(self.engine, TRex2Engine) else "torch"
+
     def reconfigure(self, **changes: Any) -> Detector:
         """The same models with some settings changed (fields of this detector kind's config; others
         are ignored, so one call can serve both kinds)."""
@@ -336,20 +347,27 @@ class Detector:
 
     @classmethod
     def load(cls, source: str | os.PathLike = "default", *, device: str | torch.device = "cpu",
-             cache: EmbeddingCache | str | os.PathLike | None = "default", concept_library: Any = None) -> Detector:
+             cache: EmbeddingCache | str | os.PathLike | None = "default", concept_library: Any = None,
+             runtime: str = "auto", threads: int | None = None) -> Detector:
         """Load a detector folder (module docstring), or ``"default"``: the one shipped with the package.
 
         Args:
-            source: ``"default"`` or a detector folder.
+            source: ``"default"``, a detector folder, or an ONNX export folder (``regionprompt export``).
             device: where the models run (``"cpu"``, ``"cuda"``, ``"cuda:N"``).
             cache: text-embedding cache: ``"default"`` (``~/.cache/regionprompt``), a file path, an
                 :class:`EmbeddingCache`, or ``None`` (no cache).
             concept_library: see the class docstring.
+            runtime: ``"auto"`` (onnxruntime for an export folder, torch otherwise), ``"torch"`` (an export
+                folder's torch copy) or ``"onnx"`` (refuse a folder that is not an export).
+            threads: onnxruntime's threads (default: ``torch.get_num_threads()``).
         Raises:
             CheckpointError: the folder, its ``detector.json`` or a model inside is missing or invalid.
-            RegionPromptError: an unknown device, or a GPU that torch does not see.
+            RegionPromptError: an unknown device, or a GPU that torch does not see; an export folder with
+                ``runtime`` "auto" / "onnx" and no onnxruntime installed.
         """
         device = resolve_device(device)  # an unusable device is refused before any weights are read
+        if runtime not in RUNTIMES:
+            raise RegionPromptError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         if str(source) == "default":
             folder = default_model_dir()
             if not (folder / DETECTOR_FILE).is_file():
@@ -366,6 +384,9 @@ class Detector:
         elif isinstance(cache, (str, os.PathLike)):
             cache = EmbeddingCache(cache)
         engine: ZeroShotDetector | TRex2Engine
+        if runtime == "onnx" and (_is_trex2_model_folder(folder) or read_detector_header(folder).get(ONNX_KEY) is None):
+            raise CheckpointError(f"{folder}: not an ONNX export (make one with `regionprompt export {folder} "
+                                  "--format onnx --out DIR`)")
         if _is_trex2_model_folder(folder):
             # A bare T-Rex2 model folder (what `train detector --arch trex2` writes): default settings.
             from regionprompt.trex2.model import TRex2
@@ -375,6 +396,10 @@ class Detector:
             model, trex2_config = read_trex2_folder(folder, header)
             namer = read_namer(folder, header, device=device, cache=cache)
             engine = TRex2Engine(model.to(device), trex2_config, cache=cache, namer=namer)
+            if header.get(ONNX_KEY) is not None and runtime != "torch":
+                from regionprompt.detect.onnx_runtime import onnx_engine
+
+                engine = onnx_engine(engine, _sub_folder(folder, header, ONNX_KEY), threads=threads)
         else:
             clip, rpn, config, background = _read_regionclip_folder(folder)
             clip = clip.to(device)

@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                       "negatives on look-alikes"),
     "import-regionclip": ("import_regionclip", "make a detector folder from RegionCLIP's released .pth files (CLIP "
                           "backbone, concept embeddings, RPN)"),
+    "export": ("export", "export a T-Rex2 detector to ONNX with prompt embeddings as a graph input (onnxruntime)"),
     "train": ("train", "train models (CLIP teacher, ...)"),
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))

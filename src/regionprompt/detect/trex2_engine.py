@@ -134,6 +134,11 @@ class TRex2Engine:
     def dim(self) -> int:
         return self.model.card.dim
 
+    @property
+    def runtime(self) -> str:
+        """``"torch"``, or ``"onnxruntime"`` for an ONNX export (:mod:`~regionprompt.detect.onnx_runtime`)."""
+        return str(getattr(self.model, "runtime", "torch"))
+
     def reconfigure(self, **changes: Any) -> TRex2Engine:
         """The same model with some config fields changed (unknown fields are ignored: they belong to
         other detector kinds)."""

@@ -86,16 +86,24 @@ class QuerySelection(nn.Module):
             parts.append(torch.cat([centres, torch.full_like(centres, 0.05 * 2.0**level)], dim=-1))
         return torch.cat(parts)
 
-    def forward(self, encoded: EncodedImages, prompts: torch.Tensor, k: int) -> tuple[LayerPredictions, torch.Tensor]:
+    def forward(self, encoded: EncodedImages, prompts: torch.Tensor, k: int, *,
+                selecting: torch.Tensor | None = None) -> tuple[LayerPredictions, torch.Tensor]:
         """Returns the selected tokens' predictions (``(B, k, K)`` logits, ``(B, k, 4)`` boxes) and their
-        boxes detached as the decoder's references ``(B, k, 4)``."""
+        boxes detached as the decoder's references ``(B, k, 4)``.
+
+        ``selecting``: ``(K,)`` bool, the prompts whose scores pick the tokens (default all). The same
+        choice as passing only those prompts, but with a prompt count that does not depend on it: an
+        exported graph takes the mask as an input (:mod:`regionprompt.detect.onnx_graphs`)."""
         memory = self.norm(self.output(encoded.memory))
         logits = self.classifier(memory, prompts)  # (B, S, K)
         # Boxes in float32 at least: under a bfloat16 autocast a bfloat16 box is off by up to 1/256 of the image.
         anchors = inverse_sigmoid(self.anchors(encoded.spatial_shapes, memory.device))
         anchors = anchors.to(torch.promote_types(memory.dtype, torch.float32))
         boxes = (self.box_head(memory) + anchors).sigmoid()
-        score = logits.max(-1).values if logits.shape[-1] else torch.zeros_like(memory[..., 0])
+        if selecting is not None:
+            score = logits.masked_fill(~selecting, float("-inf")).max(-1).values
+        else:
+            score = logits.max(-1).values if logits.shape[-1] else torch.zeros_like(memory[..., 0])
         k = min(k, memory.shape[1])
         index = score.topk(k, dim=1).indices  # (B, k)
         top_logits = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))

@@ -206,6 +206,11 @@ class ResNetImageEncoder(_EncoderMixin, ModifiedResNet):
         rois = self._roi_align(res4, boxes_per_image, output_size, self.feature_strides["res4"])
         if rois.shape[0] == 0:
             return res4.new_zeros((0, self.output_dim))
+        return self.embed_rois(rois)
+
+    def embed_rois(self, rois: torch.Tensor) -> torch.Tensor:
+        """``(R, 16w, g, g)`` RoIAligned ``res4`` features -> ``(R, embed_dim)`` unnormalised (``res5`` +
+        attention pool). Apart from :meth:`pool_regions` so an exported graph can run it after its own RoIAlign."""
         return self.attention_pool(self.res5(rois))
 
 
@@ -280,6 +285,11 @@ class ViTImageEncoder(_EncoderMixin, VisionTransformer):
         rois = self._roi_align(patch, boxes_per_image, output_size, self.feature_strides["patch"])
         if rois.shape[0] == 0:
             return patch.new_zeros((0, self.output_dim))
+        return self.embed_rois(rois)
+
+    def embed_rois(self, rois: torch.Tensor) -> torch.Tensor:
+        """``(R, width, g, g)`` RoIAligned patch tokens -> ``(R, embed_dim)`` unnormalised (mean, final
+        LayerNorm, projection)."""
         return self._project(rois.mean(dim=(2, 3)))
 
 
