@@ -58,7 +58,7 @@ from regionprompt.server.queue import (
     QueueFullError,
     RequestTimeoutError,
 )
-from regionprompt.server.schema import parse_prompts
+from regionprompt.server.schema import PromptRequest, parse_prompts
 from regionprompt.server.settings import ServerSettings
 from regionprompt.untrusted import display_name
 
@@ -145,6 +145,21 @@ async def _read(upload: UploadFile, settings: ServerSettings, what: str) -> tupl
     return display_name(upload.filename, default=what), data
 
 
+async def _detection_request(prompts: str, prompt_images: list[UploadFile] | None,
+                             settings: ServerSettings) -> tuple[PromptRequest, list[tuple[str, bytes]], float]:
+    """The parsed prompts of a detect request (at least one positive), its prompt images and its threshold."""
+    extra_files = prompt_images or []
+    if len(extra_files) > settings.max_prompt_images:
+        raise PromptError(f"too many prompt images: {len(extra_files)} (the limit is {settings.max_prompt_images})")
+    request = parse_prompts(prompts, num_images=len(extra_files), max_prompts=settings.max_prompts,
+                            max_text_length=settings.max_text_length)
+    if not request.has_positive:
+        raise PromptError("no positive prompt: give at least one text, box, point or concept")
+    extra = [await _read(f, settings, f"prompt image {i}") for i, f in enumerate(extra_files)]
+    threshold = request.threshold if request.threshold is not None else settings.default_threshold
+    return request, extra, threshold
+
+
 def create_app(detector: DetectorLike, library: ConceptLibrary, settings: ServerSettings | None = None,
                labels: LabelStore | None = None) -> FastAPI:
     """A FastAPI app serving ``detector`` and ``library`` under ``settings`` (see the module doc);
@@ -219,16 +234,8 @@ def create_app(detector: DetectorLike, library: ConceptLibrary, settings: Server
         prompt_images: Annotated[list[UploadFile] | None, File(description="images that prompts with "
                                                                            "\"image\": k were drawn on")] = None,
     ) -> dict[str, Any]:
-        extra_files = prompt_images or []
-        if len(extra_files) > settings.max_prompt_images:
-            raise PromptError(f"too many prompt images: {len(extra_files)} (the limit is {settings.max_prompt_images})")
-        request = parse_prompts(prompts, num_images=len(extra_files), max_prompts=settings.max_prompts,
-                                max_text_length=settings.max_text_length)
-        if not request.has_positive:
-            raise PromptError("no positive prompt: give at least one text, box, point or concept")
+        request, extra, threshold = await _detection_request(prompts, prompt_images, settings)
         searched = await _read(image, settings, "image")
-        extra = [await _read(f, settings, f"prompt image {i}") for i, f in enumerate(extra_files)]
-        threshold = request.threshold if request.threshold is not None else settings.default_threshold
         return await run(jobs.run_detection, detector, library, searched, extra, request,
                          max_pixels=settings.max_image_pixels, threshold=threshold)
 
@@ -294,6 +301,6 @@ def create_app(detector: DetectorLike, library: ConceptLibrary, settings: Server
         library.remove(name)
         return {"deleted": check_name(name)}
 
-    add_label_routes(app, labels, detector=detector, library=library, settings=settings, run=run, read=_read)
+    add_label_routes(app, labels, detector=detector, library=library, settings=settings, run=run, detection_request=_detection_request)
     return app
 

@@ -15,10 +15,8 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from regionprompt.errors import PromptError
 from regionprompt.server import jobs
 from regionprompt.server.labelling import LabelStore, NoFolderError
-from regionprompt.server.schema import parse_prompts
 from regionprompt.server.settings import ServerSettings
 
 FileQuery = Annotated[str, Query(description="the image: its path relative to the served folder, as GET /label/images lists it")]
@@ -83,8 +81,9 @@ class ExportOut(BaseModel):
 
 
 def add_label_routes(app: Any, store: LabelStore | None, *, detector: Any, library: Any, settings: ServerSettings,
-                     run: Callable[..., Awaitable[Any]], read: Callable[..., Awaitable[tuple[str, bytes]]]) -> None:
-    """Register the ``/label`` endpoints on ``app``; ``run`` queues inference, ``read`` reads an upload."""
+                     run: Callable[..., Awaitable[Any]], detection_request: Callable[..., Awaitable[Any]]) -> None:
+    """Register the ``/label`` endpoints on ``app``; ``run`` queues inference, ``detection_request`` checks and
+    reads a detect request's prompts and prompt images (as ``POST /detect`` does)."""
     router = APIRouter(prefix="/label", tags=["labelling"])
 
     def served() -> LabelStore:
@@ -140,16 +139,8 @@ def add_label_routes(app: Any, store: LabelStore | None, *, detector: Any, libra
                                                                            "\"image\": k were drawn on")] = None,
     ) -> dict[str, Any]:
         path = served().path_of(file)
-        extra_files = prompt_images or []
-        if len(extra_files) > settings.max_prompt_images:
-            raise PromptError(f"too many prompt images: {len(extra_files)} (the limit is {settings.max_prompt_images})")
-        request = parse_prompts(prompts, num_images=len(extra_files), max_prompts=settings.max_prompts,
-                                max_text_length=settings.max_text_length)
-        if not request.has_positive:
-            raise PromptError("no positive prompt: give at least one text, box, point or concept")
-        extra = [await read(f, settings, f"prompt image {i}") for i, f in enumerate(extra_files)]
+        request, extra, threshold = await detection_request(prompts, prompt_images, settings)
         data = await run_in_threadpool(path.read_bytes)
-        threshold = request.threshold if request.threshold is not None else settings.default_threshold
         body = await run(jobs.run_detection, detector, library, (file, data), extra, request,
                          max_pixels=settings.max_image_pixels, threshold=threshold)
         return {**body, "file": file}

@@ -109,14 +109,15 @@ class CaptionImages:
 
 
 def load_caption_images(cache: SceneCache, clip: RegionPromptCLIP, *, templates: str, min_count: int,
-                        pool_path: Path, text_cache: EmbeddingCache | None) -> CaptionImages:
+                        pool_path: Path, text_cache: EmbeddingCache | None,
+                        device: torch.device = torch.device("cpu")) -> CaptionImages:
     """Parse the cache's captions into pool targets (the pool is saved at ``pool_path`` and reused) and embed
-    every pool phrase with ``clip``'s frozen text side."""
+    every pool phrase with ``clip``'s frozen text side (the embeddings are put on ``device``)."""
     concepts = caption_concepts(cache.records, min_count=min_count, pool_path=pool_path)
     names = tuple(concepts.pool.names)
     with torch.no_grad():
         embeddings = PromptEmbedder(clip.text_encoder(), templates, text_cache).embed(list(names)).float()
-    embeddings = F.normalize(embeddings, dim=-1)
+    embeddings = F.normalize(embeddings, dim=-1).to(device)
     _log.info("caption term: %d images, pool of %d phrases", len(cache), len(names))
     return CaptionImages(cache, embeddings, concepts.positives, names)
 

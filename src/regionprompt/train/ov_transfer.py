@@ -416,8 +416,8 @@ def prepare(config: RegionClipTransferConfig, *, clip: str | Path | RegionPrompt
         if caption_cache is None or pool_path is None:
             raise RegionPromptError("the caption term (caption_weight > 0) needs a pretrain scene cache and a pool path")
         captions = load_caption_images(caption_cache, clip_model, templates=config.templates,
-                                       min_count=config.caption_min_count, pool_path=pool_path, text_cache=text_cache)
-        captions.embeddings = captions.embeddings.to(device)
+                                       min_count=config.caption_min_count, pool_path=pool_path, text_cache=text_cache,
+                                       device=device)
     clip_model.to(device)
     model.to(device)  # the background; the image tower is the CLIP's own, already moved
     rpn_model.to(device)
